@@ -1,0 +1,43 @@
+# multirec -- every target creates and uses .venv by itself, so a fresh clone needs no earlier step.
+PY_BOOT ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# Extra Hydra overrides for the main job, e.g. make train ARGS="fusion=gated"
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test lint sample-data bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: pip takes these builds from the local wheel cache where one exists
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install multirec with its dev tools
+
+train: $(STAMP) ## the main job on the embedded sample (ARGS="key=value ...")
+	$(PY) -m multirec.prepare $(ARGS)
+
+test: $(STAMP) ## run the test suite (offline, CPU)
+	$(PY) -m pytest tests
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check multirec tests
+
+sample-data: $(STAMP) ## generate the tiny, small and pixelrec50k samples under outputs/data
+	$(PY) -m multirec.sample size=tiny
+	$(PY) -m multirec.sample size=small
+	$(PY) -m multirec.sample size=pixelrec50k
+
+bench: $(STAMP) ## benchmarks; JSON under outputs/bench/
+	$(PY) -m multirec.bench.data
+
+clean: ## remove outputs (keeps .venv)
+	rm -rf outputs

@@ -1,0 +1,1 @@
+"""Data half of the pipeline: PixelRec reading, preparation, samples, the datamodule."""

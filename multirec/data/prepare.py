@@ -1,0 +1,208 @@
+"""Turn a raw PixelRec-format directory into a prepared dataset (see dataset.py).
+
+The prepared directory is named after a fingerprint of the inputs and every setting,
+so preparing again with the same inputs and settings is a no-op, and a change of
+either produces a new directory instead of silently replacing the old one. The output
+is deterministic: the same inputs and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import multirec
+from multirec.data import covers as cov
+from multirec.data.config import DataConfig
+from multirec.data.dataset import MANIFEST, PreparedDataset
+from multirec.data.kcore import kcore_mask
+from multirec.data.pixelrec import RawData, read_pixelrec
+from multirec.data.side_info import encode_tags, standardise_counts
+from multirec.data.splits import DROPPED, TEST, TRAIN, VALID, split_labels
+from multirec.data.text import check_template, clean_text, render_text
+from multirec.errors import ConfigError, DataError
+from multirec.io import atomic_dir, atomic_write_json, file_digest, fingerprint
+
+log = logging.getLogger(__name__)
+PREP_VERSION = 1  # bump when the preparation logic changes what it writes
+
+
+def input_digest(cfg: DataConfig) -> dict:
+    """Identify the raw inputs cheaply: full digests of the CSVs, a listing of the covers."""
+    root = Path(cfg.root)
+    digests = {}
+    for key in ("interactions", "items"):
+        path = root / getattr(cfg.files, key)
+        digests[key] = file_digest(path) if path.is_file() else None
+    covers = root / cfg.files.covers
+    listing = []
+    if covers.is_dir():
+        for p in sorted(covers.iterdir()):
+            st = p.stat()
+            listing.append((p.name, st.st_size, st.st_mtime_ns))
+    digests["covers"] = fingerprint(listing)
+    digests["root"] = str(root.resolve())
+    return digests
+
+
+def dataset_fingerprint(cfg: DataConfig) -> tuple[str, dict]:
+    settings = asdict(cfg)
+    inputs = input_digest(cfg)
+    return fingerprint({"settings": settings, "inputs": inputs, "prep_version": PREP_VERSION}), inputs
+
+
+def validate_settings(cfg: DataConfig) -> None:
+    if cfg.covers.policy not in ("drop", "keep"):
+        raise ConfigError(f"data.covers.policy={cfg.covers.policy!r} is unknown; valid: drop, keep")
+    if cfg.duplicates not in ("drop", "error"):
+        raise ConfigError(f"data.duplicates={cfg.duplicates!r} is unknown; valid: drop, error")
+    if cfg.kcore < 1:
+        raise ConfigError(f"data.kcore={cfg.kcore} must be >= 1")
+    check_template(cfg.text.template)
+
+
+def _clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.DataFrame:
+    inter = raw.interactions
+    known = inter.join(raw.items.select("item_id"), on="item_id", how="semi")
+    counts["interactions_unknown_item"] = inter.height - known.height
+    if counts["interactions_unknown_item"] and known.height == 0:
+        raise DataError(
+            f"{Path(cfg.root) / cfg.files.interactions}: no interaction names an item of "
+            f"{cfg.files.items}; check that both files come from the same dataset"
+        )
+    dup = known.filter(pl.struct("user_id", "item_id").is_duplicated())
+    if dup.height and cfg.duplicates == "error":
+        first = dup.row(0, named=True)
+        raise DataError(
+            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']} and item "
+            f"{first['item_id']} appear together more than once; set data.duplicates=drop to keep the first"
+        )
+    deduped = known.sort(["user_id", "timestamp", "item_id"]).unique(
+        subset=["user_id", "item_id"], keep="first", maintain_order=True
+    )
+    counts["duplicate_interactions"] = known.height - deduped.height
+    return deduped
+
+
+def _item_table(raw: RawData, cfg: DataConfig, item_ids: pl.Series, counts: Counter, progress: bool) -> pl.DataFrame:
+    items = raw.items.join(pl.DataFrame({"item_id": item_ids}), on="item_id", how="semi").sort("item_id")
+    paths = [str(raw.cover_files[i]) if i in raw.cover_files else None for i in items["item_id"]]
+    status, cover_counts = cov.check_covers(
+        paths, cfg.covers.min_side, cfg.covers.max_pixels, cfg.covers.workers, progress
+    )
+    counts.update(cover_counts)
+    titles = [clean_text(t) for t in items["title"]]
+    tags = [clean_text(t) for t in items["tag"]]
+    descs = [clean_text(t) for t in items["description"]]
+    texts = [render_text(cfg.text.template, a, b, c) for a, b, c in zip(titles, tags, descs, strict=True)]
+    counts["empty_title"] = sum(1 for t in titles if not t)
+    counts["empty_text"] = sum(1 for t in texts if not t)
+    ok = np.array([s == cov.OK for s in status])
+    return items.with_columns(
+        pl.Series("title", titles),
+        pl.Series("tag", tags),
+        pl.Series("text", texts),
+        pl.Series("cover_path", [p if o else None for p, o in zip(paths, ok, strict=True)], dtype=pl.String),
+        pl.Series("cover_ok", ok),
+    ).drop("description")
+
+
+def cover_counts(counts: Counter) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if k.startswith("cover_") and v}
+
+
+def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) -> PreparedDataset:
+    """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result."""
+    validate_settings(cfg)
+    fp, inputs = dataset_fingerprint(cfg)
+    target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
+    if (target / MANIFEST).is_file():
+        ds = PreparedDataset.load(target)
+        if ds.fingerprint == fp:
+            log.info("prepared dataset up to date: %s", target)
+            return ds
+    raw = read_pixelrec(cfg.root, cfg.files, cfg.columns)
+    counts: Counter = Counter(raw.counts)
+    inter = _clean_interactions(raw, cfg, counts)
+
+    items = _item_table(raw, cfg, inter["item_id"].unique(), counts, progress)
+    counts["items_without_interactions"] = raw.items.height - items.height
+    if cfg.covers.policy == "drop":
+        bad = items.filter(~pl.col("cover_ok"))
+        counts["items_dropped_invalid_cover"] = bad.height
+        before = inter.height
+        inter = inter.join(bad.select("item_id"), on="item_id", how="anti")
+        counts["interactions_dropped_invalid_cover"] = before - inter.height
+        if inter.height == 0:
+            raise DataError(
+                f"no item of {cfg.root} has a usable cover ({cover_counts(counts)}); "
+                "fix data.files.covers or set data.covers.policy=keep"
+            )
+
+    # k-core on integer codes
+    ucodes = inter["user_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    icodes = inter["item_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    keep, rounds = kcore_mask(ucodes, icodes, cfg.kcore)
+    counts["kcore_rounds"] = rounds
+    counts["interactions_removed_by_kcore"] = int((~keep).sum())
+    inter = inter.filter(pl.Series(keep))
+    if inter.height == 0:
+        raise DataError(
+            f"the {cfg.kcore}-core filter removed every interaction of {cfg.root}; "
+            "lower data.kcore or use more data"
+        )
+
+    users = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_row_index("user_idx")
+    items = items.join(inter.select("item_id").unique(), on="item_id", how="semi").sort("item_id")
+    items = items.with_row_index("item_idx")
+    inter = (
+        inter.join(users, on="user_id").join(items.select("item_id", "item_idx"), on="item_id")
+        .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "timestamp")
+        .sort(["user_idx", "timestamp", "item_idx"])
+    )
+    u = inter["user_idx"].to_numpy().astype(np.int64)
+    labels = split_labels(u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed)
+    counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
+    inter = inter.with_columns(pl.Series("split", labels))
+    train_items = inter.filter(pl.col("split") == TRAIN)["item_idx"].to_numpy().astype(np.int64)
+
+    tag_idx, vocab = encode_tags(items["tag"].to_list(), train_items, cfg.tags.min_count)
+    numeric, stats = standardise_counts(items.select(cfg.columns.counts).to_numpy(), train_items)
+    counts["items_cold_in_train"] = int(items.height - np.unique(train_items).size)
+    items = items.select(
+        pl.col("item_idx").cast(pl.Int32), "item_id", "title", "text", "tag",
+        pl.Series("tag_idx", tag_idx, dtype=pl.Int32), "cover_path", "cover_ok",
+        *[pl.Series(f"num_{c}", numeric[:, j]) for j, c in enumerate(cfg.columns.counts)],
+    )
+    split_sizes = {
+        name: int((labels == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
+    }
+    manifest = {
+        "fingerprint": fp,
+        "name": cfg.name,
+        "multirec_version": multirec.__version__,
+        "prep_version": PREP_VERSION,
+        "settings": asdict(cfg),
+        "inputs": inputs,
+        "n_users": users.height,
+        "n_items": items.height,
+        "n_tags": len(vocab),
+        "tag_vocab": vocab,
+        "numeric_columns": list(cfg.columns.counts),
+        "numeric_stats": stats,
+        "split_sizes": split_sizes,
+        "counts": dict(sorted(counts.items())),
+    }
+    with atomic_dir(target) as tmp:
+        users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(tmp / "users.parquet")
+        items.write_parquet(tmp / "items.parquet")
+        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+            inter.filter(pl.col("split") == code).drop("split").write_parquet(tmp / f"{name}.parquet")
+        atomic_write_json(tmp / MANIFEST, manifest)
+    log.info("prepared dataset written: %s", target)
+    return PreparedDataset.load(target)
