@@ -31,8 +31,7 @@ test: $(STAMP) ## run the test suite (offline, CPU)
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check multirec tests
 
-sample-data: $(STAMP) ## generate the tiny, small and pixelrec50k samples under outputs/data
-	$(PY) -m multirec.sample size=tiny
+sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one under outputs/data
 	$(PY) -m multirec.sample size=small
 	$(PY) -m multirec.sample size=pixelrec50k
 

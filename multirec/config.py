@@ -24,6 +24,8 @@ def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) ->
     ``where`` is the node's key in the full config (e.g. ``data``), used in messages.
     """
     try:
+        if isinstance(node, DictConfig):  # resolve while still attached to the full config
+            node = OmegaConf.to_container(node, resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:

@@ -6,6 +6,7 @@ when a prepared directory with the same fingerprint exists.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -24,13 +25,22 @@ def data_config(data_cfg: DictConfig) -> DataConfig:
 
 
 def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
-    """Generate the configured synthetic sample into ``cfg.root`` unless it is there."""
-    root = Path(cfg.root)
-    if cfg.sample is None or (root / cfg.files.interactions).is_file():
+    """Generate the configured synthetic sample into ``cfg.root`` unless an identical one is there.
+
+    The generator records its settings in ``_sample.json``; a sample made with other
+    settings (say another seed) is regenerated rather than silently reused.
+    """
+    if cfg.sample is None:
         return
     from multirec.data.sample import generate_sample
 
+    root = Path(cfg.root)
     sample = OmegaConf.to_container(cfg.sample) if isinstance(cfg.sample, DictConfig) else dict(cfg.sample)
+    record = root / "_sample.json"
+    if (root / cfg.files.interactions).is_file() and record.is_file():
+        made = json.loads(record.read_text())
+        if all(made.get(k) == v for k, v in sample.items() if v is not None):
+            return
     log.info("generating sample %s into %s", sample, root)
     generate_sample(root, progress=progress, **sample)
 

@@ -66,7 +66,7 @@ def validate_settings(cfg: DataConfig) -> None:
     check_template(cfg.text.template)
 
 
-def _clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.DataFrame:
+def clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.DataFrame:
     inter = raw.interactions
     known = inter.join(raw.items.select("item_id"), on="item_id", how="semi")
     counts["interactions_unknown_item"] = inter.height - known.height
@@ -128,7 +128,7 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
             return ds
     raw = read_pixelrec(cfg.root, cfg.files, cfg.columns)
     counts: Counter = Counter(raw.counts)
-    inter = _clean_interactions(raw, cfg, counts)
+    inter = clean_interactions(raw, cfg, counts)
 
     items = _item_table(raw, cfg, inter["item_id"].unique(), counts, progress)
     counts["items_without_interactions"] = raw.items.height - items.height
