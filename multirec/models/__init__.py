@@ -1,0 +1,1 @@
+"""Recommenders: the shared interface (:mod:`multirec.models.base`) and the neural model."""

@@ -1,0 +1,96 @@
+"""Fusion of the modality tokens {p_u, q_i, p_v, p_t, p_cat, p_num} into one vector f_ui.
+
+Each module takes tokens ``[N, M, d]`` and returns ``[N, out_dim]``. Gated and attention
+fusion also keep the last per-modality weights they computed (``last_weights``,
+``[N, M]``) so reports can show what the model attends to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from multirec.errors import ConfigError
+
+
+class ConcatFusion(nn.Module):
+    """MLP over the concatenated tokens: every modality weighted equally a priori."""
+
+    def __init__(self, dim: int, n_tokens: int, hidden: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.mlp = nn.Sequential(
+            nn.Linear(dim * n_tokens, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(tokens.flatten(1))
+
+
+class GatedFusion(nn.Module):
+    """Learned softmax weights over modalities, computed from the tokens themselves."""
+
+    def __init__(self, dim: int, n_tokens: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.gate = nn.Sequential(nn.Linear(dim * n_tokens, n_tokens))
+        self.dropout = nn.Dropout(dropout)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.gate(tokens.flatten(1)), dim=-1)
+        self.last_weights = weights.detach()
+        return self.dropout((weights.unsqueeze(-1) * tokens).sum(1))
+
+
+class AttentionFusion(nn.Module):
+    """Multi-head self-attention over the modality tokens (the paper's fusion).
+
+    Each layer is attention + residual + layer norm, then a feed-forward block with
+    residual + layer norm. Pooling: ``mean`` of the output tokens, ``cls`` (a learned
+    token prepended to the sequence), or ``flatten`` (all tokens concatenated).
+    """
+
+    def __init__(
+        self, dim: int, n_tokens: int, heads: int = 4, layers: int = 1, pooling: str = "mean", dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls", "flatten"):
+            raise ConfigError(f"fusion.pooling={pooling!r} is unknown; valid: mean, cls, flatten")
+        if dim % heads:
+            raise ConfigError(f"fusion.heads={heads} must divide model.dim={dim}")
+        self.pooling = pooling
+        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) for _ in range(layers))
+        self.norm1 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.ff = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+            for _ in range(layers)
+        )
+        self.norm2 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "cls" else None
+        self.out_dim = dim * n_tokens if pooling == "flatten" else dim
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
+        weights = None
+        for attn, n1, ff, n2 in zip(self.attn, self.norm1, self.ff, self.norm2, strict=True):
+            h, weights = attn(x, x, x, need_weights=True, average_attn_weights=True)
+            x = n1(x + h)
+            x = n2(x + ff(x))
+        # last layer: with a CLS token, what the CLS query attends to among the modalities
+        # (renormalised); otherwise the attention each modality receives, averaged over queries
+        if self.cls is not None:
+            received = weights[:, 0, 1:]
+            received = received / received.sum(-1, keepdim=True)
+        else:
+            received = weights.mean(1)
+        self.last_weights = received.detach()
+        if self.pooling == "cls":
+            return x[:, 0]
+        if self.pooling == "flatten":
+            return x.flatten(1)
+        return x.mean(1)

@@ -1,0 +1,57 @@
+"""Per-item inputs of the neural model, held in memory as tensors.
+
+Features are stored float16 (half the memory of float32: an 83,000-item catalogue with
+1280 + 384 dims takes about 280 MB) and converted to float32 per batch. Items whose
+cover or text could not be encoded carry ``*_ok = False``; the model then uses a
+learned 'missing' token instead of a zero vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ItemInputs:
+    tag: torch.Tensor  # long [n_items]
+    numeric: torch.Tensor  # float32 [n_items, n_numeric]
+    seen: torch.Tensor  # bool [n_items]: has training interactions
+    visual: torch.Tensor | None = None  # float16 [n_items, dv]
+    visual_ok: torch.Tensor | None = None  # bool [n_items]
+    text: torch.Tensor | None = None
+    text_ok: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        tag: np.ndarray,
+        numeric: np.ndarray,
+        seen: np.ndarray,
+        visual: tuple[np.ndarray, np.ndarray] | None = None,
+        text: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> ItemInputs:
+        def feats(pair):
+            if pair is None:
+                return None, None
+            x, ok = pair
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float16)), torch.from_numpy(np.asarray(ok, dtype=bool))
+
+        v, vok = feats(visual)
+        t, tok = feats(text)
+        return cls(
+            tag=torch.from_numpy(np.asarray(tag, dtype=np.int64)),
+            numeric=torch.from_numpy(np.asarray(numeric, dtype=np.float32)),
+            seen=torch.from_numpy(np.asarray(seen, dtype=bool)),
+            visual=v, visual_ok=vok, text=t, text_ok=tok,
+        )
+
+    @property
+    def visual_dim(self) -> int:
+        return 0 if self.visual is None else int(self.visual.shape[1])
+
+    @property
+    def text_dim(self) -> int:
+        return 0 if self.text is None else int(self.text.shape[1])

@@ -1,0 +1,78 @@
+"""Build the model's item inputs from feature caches, and load checkpoints safely.
+
+A checkpoint records where it came from (prepared dataset fingerprint, encoder
+configs, cache identities). Loading it against another dataset or other features is
+refused with the difference named, instead of silently scoring mismatched items.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from multirec.data.dataset import PreparedDataset
+from multirec.errors import ArtefactMismatchError, MultirecError
+from multirec.features.cache import load_features
+from multirec.features.extraction import ensure_cache
+from multirec.models.items import ItemInputs
+from multirec.models.recommender import MultimodalRecommender
+
+
+def build_item_inputs(
+    ds: PreparedDataset, encoder_cfg: DictConfig, cache_dir: str | Path, device: str = "cpu"
+) -> tuple[ItemInputs, dict]:
+    """Item table for the model, extracting any missing cache; also each side's cache identity."""
+    sides: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    identity: dict[str, str | None] = {}
+    for side in ("visual", "text"):
+        path = ensure_cache(ds, encoder_cfg[side], Path(cache_dir), device=device)
+        if path is None:
+            sides[side], identity[side] = None, None
+            continue
+        feats, ok, attrs = load_features(path)
+        sides[side] = (feats, ok)
+        identity[side] = Path(path).name
+    seen = np.zeros(ds.n_items, dtype=bool)
+    seen[ds.train.items] = True
+    items = ItemInputs.build(ds.tag_index(), ds.numeric_features(), seen, sides["visual"], sides["text"])
+    return items, identity
+
+
+def content_matrix(items: ItemInputs) -> np.ndarray | None:
+    """L2-normalised content features (text, else visual) for similarity-based uses."""
+    x = items.text if items.text is not None else items.visual
+    if x is None:
+        return None
+    x = x.float()
+    return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+def hparams_difference(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def load_checkpoint(ckpt_path: str | Path, ds: PreparedDataset, cache_dir: str | Path, device: str = "cpu") -> MultimodalRecommender:
+    """Load a trained model and attach the item features it was trained with."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise MultirecError(f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt")
+    model = MultimodalRecommender.load_from_checkpoint(path, map_location="cpu")
+    prov = model.hparams.provenance or {}
+    if prov.get("dataset") != ds.fingerprint:
+        raise ArtefactMismatchError(
+            f"{path} was trained on prepared dataset {str(prov.get('dataset'))[:12]} but data= gives "
+            f"{ds.fingerprint[:12]} ({ds.root}); use the data settings of the training run"
+        )
+    encoder_cfg = OmegaConf.create(prov["encoder"])
+    items, identity = build_item_inputs(ds, encoder_cfg, cache_dir, device)
+    if identity != prov.get("caches"):
+        raise ArtefactMismatchError(
+            f"{path} was trained with feature caches {prov.get('caches')} but found {identity}; "
+            "re-extract with the training run's encoder settings"
+        )
+    model.attach_items(items, ds.interaction_matrix("train"))
+    return model.to(device)

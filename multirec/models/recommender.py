@@ -1,0 +1,249 @@
+"""``MultimodalRecommender``: the paper's model as a LightningModule.
+
+User and item ids, visual, text, tag and numerical features are each projected into a
+shared space of dimension ``dim``; the resulting tokens are fused by the module chosen
+in the ``fusion`` config group and an MLP head gives a logit (sigma of it is the
+interaction probability). A modality switched off has no parameters at all.
+
+Item-side tokens do not depend on the user, so scoring many users against a chunk of
+items computes them once per chunk and only runs the fusion per (user, item) pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from multirec.data.dataset import PreparedDataset
+from multirec.errors import MultirecError
+from multirec.models.base import Recommender
+from multirec.models.items import ItemInputs
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+
+class MultimodalRecommender(L.LightningModule, Recommender):
+    """See the module docstring. ``fusion`` and ``loss`` are their config groups' nodes."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_tags: int,
+        n_numeric: int,
+        visual_dim: int,
+        text_dim: int,
+        fusion: dict,
+        loss: dict,
+        dim: int = 64,
+        use_ids: bool = True,
+        use_tags: bool = True,
+        use_numeric: bool = True,
+        projection_hidden: int = 256,
+        head_hidden: int = 128,
+        dropout: float = 0.1,
+        id_dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        fit_epochs: int = 5,
+        provenance: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.modalities: list[str] = []
+        if use_ids:
+            self.user_emb = nn.Embedding(n_users, dim)
+            self.item_emb = nn.Embedding(n_items, dim)
+            # shared vector for items without training interactions (cold start); trained by
+            # replacing a random share `id_dropout` of item ids with it
+            self.unseen_item = nn.Parameter(torch.zeros(dim))
+            for emb in (self.user_emb, self.item_emb):
+                nn.init.normal_(emb.weight, std=0.05)
+            self.modalities += ["user", "item"]
+        if visual_dim:
+            self.visual_proj = _mlp(visual_dim, projection_hidden, dim, dropout)
+            self.visual_missing = nn.Parameter(torch.zeros(dim))
+            self.modalities.append("visual")
+        if text_dim:
+            self.text_proj = _mlp(text_dim, projection_hidden, dim, dropout)
+            self.text_missing = nn.Parameter(torch.zeros(dim))
+            self.modalities.append("text")
+        if use_tags:
+            self.tag_proj = nn.Sequential(nn.Embedding(n_tags, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.modalities.append("tag")
+        if use_numeric and n_numeric:
+            self.numeric_proj = _mlp(n_numeric, projection_hidden, dim, dropout)
+            self.modalities.append("numeric")
+        if "user" not in self.modalities:
+            # without ids the model still needs to know who it scores for: a user's
+            # profile is the mean of its training items' content tokens (set in attach_items)
+            self.modalities.insert(0, "user")
+        if len(self.modalities) < 2:
+            raise MultirecError("the model has no item modality left: enable ids, an encoder, tags or numerics")
+        self.fusion = instantiate(fusion, dim=dim, n_tokens=len(self.modalities))
+        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
+        self.loss_fn = instantiate(loss)
+        self.items: ItemInputs | None = None
+        self.user_history: torch.Tensor | None = None  # CSR of training items, for id-free profiles
+
+    # -- inputs ---------------------------------------------------------------------
+    def attach_items(self, items: ItemInputs, train_matrix: Any | None = None) -> None:
+        """Give the model its item table (not saved in checkpoints: caches are the source)."""
+        hp = self.hparams
+        if items.visual_dim != hp.visual_dim or items.text_dim != hp.text_dim:
+            raise MultirecError(
+                f"feature dimensions (visual {items.visual_dim}, text {items.text_dim}) do not match the "
+                f"model's (visual {hp.visual_dim}, text {hp.text_dim}); use the encoder the model was trained with"
+            )
+        self.items = items
+        if not hp.use_ids:
+            if train_matrix is None:
+                raise MultirecError("a model without id embeddings needs the training matrix for user profiles")
+            m = train_matrix.tocsr()
+            rows = torch.from_numpy(m.indptr.astype("int64"))
+            self.user_history = (rows, torch.from_numpy(m.indices.astype("int64")))
+
+    def _item_tokens(self, items: torch.Tensor, id_dropout: bool = False) -> list[torch.Tensor]:
+        """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``."""
+        assert self.items is not None, "call attach_items() first"
+        it = self.items
+        dev = self.device
+        idx = items.to(it.tag.device)
+        out = []
+        if self.hparams.use_ids:
+            q = self.item_emb(items)
+            unseen = ~it.seen[idx].to(dev)
+            if id_dropout and self.hparams.id_dropout > 0:
+                unseen = unseen | (torch.rand(len(items), device=dev) < self.hparams.id_dropout)
+            out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
+        if self.hparams.visual_dim:
+            v = self.visual_proj(it.visual[idx].to(dev, torch.float32))
+            out.append(torch.where(it.visual_ok[idx].to(dev).unsqueeze(1), v, self.visual_missing.expand_as(v)))
+        if self.hparams.text_dim:
+            t = self.text_proj(it.text[idx].to(dev, torch.float32))
+            out.append(torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t)))
+        if self.hparams.use_tags:
+            out.append(self.tag_proj(it.tag[idx].to(dev)))
+        if "numeric" in self.modalities:
+            out.append(self.numeric_proj(it.numeric[idx].to(dev)))
+        return out
+
+    def _user_tokens(self, users: torch.Tensor) -> torch.Tensor:
+        if self.hparams.use_ids:
+            return self.user_emb(users)
+        rows, cols = self.user_history
+        u = users.cpu()
+        starts, ends = rows[u], rows[u + 1]
+        lengths = ends - starts
+        flat = torch.cat([cols[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
+        content = torch.stack(self._item_tokens(flat.to(self.device)), 0).mean(0)
+        seg = torch.repeat_interleave(torch.arange(len(u)), lengths).to(self.device)
+        prof = torch.zeros(len(u), content.shape[1], device=self.device).index_add_(0, seg, content)
+        return prof / lengths.clamp(min=1).unsqueeze(1).to(self.device)
+
+    def _fuse(self, user_tok: torch.Tensor, item_toks: list[torch.Tensor], n_users: int, n_items: int, pairwise: bool) -> torch.Tensor:
+        """Logits for users x items: ``pairwise`` False means item_toks are per (user, item) rows."""
+        if pairwise:  # every user against the same items: broadcast
+            u = user_tok.unsqueeze(1).expand(n_users, n_items, -1)
+            its = [t.unsqueeze(0).expand(n_users, n_items, -1) for t in item_toks]
+        else:
+            u = user_tok.unsqueeze(1).expand(n_users, n_items, -1)
+            its = [t.view(n_users, n_items, -1) for t in item_toks]
+        tokens = torch.stack([u, *its], dim=2).flatten(0, 1)  # [U*I, M, d]
+        return self.head(self.fusion(tokens)).view(n_users, n_items)
+
+    # -- the Recommender interface ---------------------------------------------------
+    def forward(self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False) -> torch.Tensor:
+        """Logits ``[B, C]`` for each user in ``users [B]`` and its candidates ``items [B, C]``."""
+        b, c = items.shape
+        return self._fuse(self._user_tokens(users), self._item_tokens(items.flatten(), id_dropout), b, c, pairwise=False)
+
+    def _fit(self, dataset: PreparedDataset) -> None:
+        """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.
+
+        ``multirec.train`` is the full recipe (early stopping, checkpoints, logging).
+        """
+        from multirec.data.datamodule import RecDataModule
+
+        dm = RecDataModule(dataset, seed=0)
+        trainer = L.Trainer(
+            max_epochs=self.hparams.fit_epochs, logger=False, enable_checkpointing=False,
+            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+        )
+        trainer.fit(self, datamodule=dm)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        users, items = users.to(self.device), items.to(self.device)
+        rows = max(1, 65536 // max(items.shape[1], 1))
+        out = torch.cat([self(users[i : i + rows], items[i : i + rows]) for i in range(0, len(users), rows)])
+        self.train(was_training)
+        return out.float().cpu()
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_items]``; item tokens are computed once per chunk of items."""
+        was_training = self.training
+        self.eval()
+        users = users.to(self.device)
+        n_items = self.hparams.n_items
+        user_tok = self._user_tokens(users)
+        chunk = max(1, 131072 // max(len(users), 1))
+        out = torch.empty(len(users), n_items)
+        for s in range(0, n_items, chunk):
+            items = torch.arange(s, min(s + chunk, n_items), device=self.device)
+            out[:, s : s + len(items)] = self._fuse(user_tok, self._item_tokens(items), len(users), len(items), pairwise=True).float().cpu()
+        self.train(was_training)
+        return out
+
+    def modality_weights(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """Per-modality fusion weights ``[B, C, M]`` (gated / attention fusion), else None."""
+        self.score(users, items)
+        w = self.fusion.last_weights
+        return None if w is None else w.view(*items.shape, -1)
+
+    # -- training -------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        users, pos, neg = batch
+        items = torch.cat([pos.unsqueeze(1), neg], dim=1)
+        logits = self(users, items, id_dropout=True)
+        extra = {}
+        if self.loss_fn.needs_alignment:
+            uniq = torch.unique(pos)
+            toks = dict(zip(self.modalities[1:], self._item_tokens(uniq), strict=True))
+            extra = {"visual": toks.get("visual"), "text": toks.get("text")}
+        out = self.loss_fn(logits[:, 0], logits[:, 1:], **extra)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise MultirecError(
+                f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "lower model.lr or check the features for NaN"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(users))
+        parts = {f"train/{k}": v for k, v in out.items() if k != "loss"}
+        self.log_dict(parts, batch_size=len(users))
+        return loss
+
+    # -- evaluation: the datamodule scores saved candidate lists through the shared evaluator
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        return None
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.trainer.datamodule.evaluate(self, "valid"))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.trainer.datamodule.evaluate(self, "test"))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+

@@ -1,0 +1,133 @@
+"""``python -m multirec.train encoder=clip_sbert fusion=attention [key=value ...]``
+
+Shaped like the lightning-hydra-template's train: seed everything, build the data
+(preparing and extracting whatever is missing), model, callbacks, loggers and trainer
+from config, fit with early stopping on validation NDCG@10, test the best checkpoint,
+write ``metrics.json`` into the run directory and return the metric a sweeper optimises.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from multirec.cli import user_errors
+from multirec.data.pipeline import ensure_prepared
+from multirec.errors import ArtefactMismatchError, ConfigError
+from multirec.eval.table import format_tables
+from multirec.io import atomic_write_json
+from multirec.models.loading import build_item_inputs, content_matrix, hparams_difference
+from multirec.models.recommender import MultimodalRecommender
+
+log = logging.getLogger(__name__)
+
+
+def _choices() -> dict[str, str]:
+    try:
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    except ValueError:  # composed outside a Hydra app (tests)
+        return {}
+
+
+def check_resume(ckpt_path: str, model: MultimodalRecommender) -> None:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    diff = hparams_difference(dict(ckpt.get("hyper_parameters", {})), dict(model.hparams))
+    if diff:
+        raise ArtefactMismatchError(f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test one configuration; returns the run's provenance and metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    ds = ensure_prepared(cfg.data, cfg.paths)
+    items, caches = build_item_inputs(ds, cfg.encoder, cfg.paths.cache_dir, device=cfg.device)
+    protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
+    datamodule = instantiate(
+        cfg.datamodule, dataset=ds, protocols=protocols, valid_protocol=cfg.valid_protocol,
+        item_features=content_matrix(items),
+    )
+    provenance = {
+        "dataset": ds.fingerprint,
+        "encoder": OmegaConf.to_container(cfg.encoder, resolve=True),
+        "caches": caches,
+        "choices": _choices(),
+    }
+    model = MultimodalRecommender(
+        n_users=ds.n_users, n_items=ds.n_items, n_tags=ds.n_tags, n_numeric=len(ds.numeric_columns),
+        visual_dim=items.visual_dim, text_dim=items.text_dim,
+        fusion=OmegaConf.to_container(cfg.fusion, resolve=True), loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        provenance=provenance, **cfg.model,
+    )
+    model.bind(ds)
+    model.attach_items(items, ds.interaction_matrix("train"))
+    if cfg.ckpt_path:
+        check_resume(cfg.ckpt_path, model)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    run = {
+        "kind": "model",
+        "model": model.name,
+        "seed": int(cfg.seed),
+        "task_name": str(cfg.task_name),
+        "optimized_metric": cfg.optimized_metric,
+        "best_valid": metrics.get(cfg.optimized_metric),
+        "best_checkpoint": ckpt,
+        "run_dir": str(out_dir),
+        "dataset": {"fingerprint": ds.fingerprint, "root": str(ds.root)},
+        "choices": provenance["choices"],
+        "caches": caches,
+        "modalities": model.modalities,
+    }
+    comparison: dict[str, dict[str, float]] = {}
+    if cfg.test:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+        if trainer.is_global_zero:
+            metrics.update(datamodule.save_results(out_dir, run))
+            for bcfg in (cfg.get("compare") or {}).values():
+                baseline = instantiate(bcfg).fit(ds)
+                comparison[baseline.name] = datamodule.evaluate(baseline, "test", keep=False)
+            atomic_write_json(out_dir / "comparison.json", comparison)
+    for logger in loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({k: v for k, v in metrics.items() if k.startswith("test/")})
+    return {**run, "metrics": metrics, "comparison": comparison}
+
+
+def results_table(result: dict[str, Any]) -> str:
+    """Test metrics of the model beside the baselines scored on the same candidates."""
+    choices = result["choices"]
+    label = "+".join(choices[k] for k in ("encoder", "fusion", "loss") if k in choices) or result["model"]
+    tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
+    return format_tables([(label, tests), *result["comparison"].items()])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@user_errors
+def main(cfg: DictConfig) -> float | None:
+    if cfg.optimized_metric is None:
+        raise ConfigError("optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10")
+    result = train(cfg)
+    print(results_table(result))
+    print(f"run directory:   {result['run_dir']}")
+    print(f"best checkpoint: {result['best_checkpoint']}")
+    wandb_dir = Path(result["run_dir"]) / "wandb"
+    if wandb_dir.exists():
+        print(f"W&B offline run: {wandb_dir}  (upload later with `wandb sync {wandb_dir}/offline-run-*`)")
+    return result["metrics"].get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
