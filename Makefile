@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint sample-data bench clean
+.PHONY: help setup train test lint sample-data bench baselines sweep ablation fusion table clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,8 +22,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install multirec with its dev tools
 
-train: $(STAMP) ## the main job on the embedded sample (ARGS="key=value ...")
-	$(PY) -m multirec.prepare $(ARGS)
+train: $(STAMP) ## the main job: sample -> prepare -> extract -> train -> test (ARGS="key=value ...")
+	$(PY) -m multirec.train $(ARGS)
+
+baselines: $(STAMP) ## every baseline under both protocols on the default data, one table
+	$(PY) -m multirec.evaluate -m baseline=random,mostpop,itemknn,userknn,bprmf eval=sampled,full $(ARGS)
+
+sweep: $(STAMP) ## the paper's six encoder pairs x 3 seeds (needs the hub models or local paths)
+	$(PY) -m multirec.train experiment=paper_encoders $(ARGS)
+
+ablation: $(STAMP) ## full / text-only / visual-only for one encoder pair x 3 seeds
+	$(PY) -m multirec.train experiment=ablation $(ARGS)
+
+fusion: $(STAMP) ## concat / gated / attention fusion x 3 seeds
+	$(PY) -m multirec.train experiment=fusion $(ARGS)
 
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(PY) -m pytest tests
@@ -35,8 +47,11 @@ sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one 
 	$(PY) -m multirec.sample size=small
 	$(PY) -m multirec.sample size=pixelrec50k
 
-bench: $(STAMP) ## benchmarks; JSON under outputs/bench/
+bench: $(STAMP) ## benchmarks (data, features, evaluation, training); JSON under outputs/bench/
 	$(PY) -m multirec.bench.data
+	$(PY) -m multirec.bench.features
+	$(PY) -m multirec.bench.evaluation
+	$(PY) -m multirec.bench.training
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs

@@ -74,8 +74,21 @@ def test_switched_off_modalities_have_no_parameters(tmp_path):
     assert "text" not in visual_only.modalities and not hasattr(visual_only, "text_proj")
     no_ids = model_from(tmp_path, ["model.use_ids=false"])
     assert not hasattr(no_ids, "user_emb") and not hasattr(no_ids, "item_emb")
+    assert no_ids.user_modalities == ["user_visual", "user_text"]
     out = no_ids(torch.tensor([0, 1]), torch.tensor([[9, 10], [9, 10]]))
     assert torch.isfinite(out).all()
+    paper = model_from(tmp_path, ["model.user_profile=false"])
+    assert paper.modalities == ["user", "item", "visual", "text", "tag", "numeric"]
+    with pytest.raises(MultirecError, match="no user-side token"):
+        model_from(tmp_path, ["model.use_ids=false", "model.user_profile=false"])
+
+
+def test_user_profiles_are_mean_features_of_valid_training_items(tmp_path):
+    m = model_from(tmp_path, [])
+    feats = m.items.visual.float()
+    # user 0 trained on item 0 only, whose features are invalid: zero profile
+    assert torch.allclose(m.profiles["visual"][0].float(), torch.zeros(DV))
+    assert torch.allclose(m.profiles["visual"][3].float(), feats[3], atol=1e-2)
 
 
 def test_cold_items_use_shared_vector(tmp_path):

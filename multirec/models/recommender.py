@@ -11,9 +11,9 @@ items computes them once per chunk and only runs the fusion per (user, item) pai
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
+import numpy as np
+import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -26,6 +26,22 @@ from multirec.models.items import ItemInputs
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+
+def mean_profiles(train: sp.csr_matrix, feats: torch.Tensor, ok: np.ndarray, block: int = 256) -> torch.Tensor:
+    """Per-user mean of the features of its training items with valid features (float16).
+
+    Computed as a sparse x dense product in column blocks, so the float32 working copy
+    stays ``n_items x block`` whatever the feature dimension.
+    """
+    weights = train.multiply(ok[None, :].astype(np.float32)).tocsr()
+    counts = np.asarray(weights.sum(axis=1)).ravel()
+    scale = sp.diags(1.0 / np.maximum(counts, 1.0))
+    weights = (scale @ weights).astype(np.float32)
+    out = np.empty((train.shape[0], feats.shape[1]), dtype=np.float16)
+    for s in range(0, feats.shape[1], block):
+        out[:, s : s + block] = weights @ feats[:, s : s + block].float().numpy()
+    return torch.from_numpy(out)
 
 
 class MultimodalRecommender(L.LightningModule, Recommender):
@@ -43,6 +59,8 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         loss: dict,
         dim: int = 64,
         use_ids: bool = True,
+        user_profile: bool = True,
+        match: bool = True,
         use_tags: bool = True,
         use_numeric: bool = True,
         projection_hidden: int = 256,
@@ -56,7 +74,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.modalities: list[str] = []
+        # user-side tokens come first, then item-side tokens; `modalities` names them in order
+        self.user_modalities: list[str] = []
+        self.item_modalities: list[str] = []
         if use_ids:
             self.user_emb = nn.Embedding(n_users, dim)
             self.item_emb = nn.Embedding(n_items, dim)
@@ -65,36 +85,53 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             self.unseen_item = nn.Parameter(torch.zeros(dim))
             for emb in (self.user_emb, self.item_emb):
                 nn.init.normal_(emb.weight, std=0.05)
-            self.modalities += ["user", "item"]
+            self.user_modalities.append("user")
+            self.item_modalities.append("item")
         if visual_dim:
             self.visual_proj = _mlp(visual_dim, projection_hidden, dim, dropout)
             self.visual_missing = nn.Parameter(torch.zeros(dim))
-            self.modalities.append("visual")
+            self.item_modalities.append("visual")
         if text_dim:
             self.text_proj = _mlp(text_dim, projection_hidden, dim, dropout)
             self.text_missing = nn.Parameter(torch.zeros(dim))
-            self.modalities.append("text")
+            self.item_modalities.append("text")
+        if user_profile:
+            # the user's taste in each content modality: the mean feature of its training
+            # items, through the same projection as items, so the fusion can compare them
+            self.user_modalities += [f"user_{m}" for m in ("visual", "text") if m in self.item_modalities]
         if use_tags:
             self.tag_proj = nn.Sequential(nn.Embedding(n_tags, dim), nn.GELU(), nn.Linear(dim, dim))
-            self.modalities.append("tag")
+            self.item_modalities.append("tag")
         if use_numeric and n_numeric:
             self.numeric_proj = _mlp(n_numeric, projection_hidden, dim, dropout)
-            self.modalities.append("numeric")
-        if "user" not in self.modalities:
-            # without ids the model still needs to know who it scores for: a user's
-            # profile is the mean of its training items' content tokens (set in attach_items)
-            self.modalities.insert(0, "user")
-        if len(self.modalities) < 2:
+            self.item_modalities.append("numeric")
+        if not self.user_modalities:
+            raise MultirecError(
+                "the model has no user-side token: enable model.use_ids or model.user_profile with an encoder"
+            )
+        if not self.item_modalities:
             raise MultirecError("the model has no item modality left: enable ids, an encoder, tags or numerics")
+        self.modalities = self.user_modalities + self.item_modalities
+        # explicit user-item agreement per modality (id with id, taste with content): scaled dot
+        # products fed to the head beside the fused vector, since an MLP learns products slowly
+        partner = {"user": "item", "user_visual": "visual", "user_text": "text"}
+        self.match_pairs = (
+            [(self.user_modalities.index(u), self.item_modalities.index(partner[u])) for u in self.user_modalities]
+            if match else []
+        )
         self.fusion = instantiate(fusion, dim=dim, n_tokens=len(self.modalities))
-        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
+        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim + len(self.match_pairs), head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
         self.loss_fn = instantiate(loss)
         self.items: ItemInputs | None = None
-        self.user_history: torch.Tensor | None = None  # CSR of training items, for id-free profiles
+        self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
 
     # -- inputs ---------------------------------------------------------------------
-    def attach_items(self, items: ItemInputs, train_matrix: Any | None = None) -> None:
-        """Give the model its item table (not saved in checkpoints: caches are the source)."""
+    def attach_items(self, items: ItemInputs, train_matrix: sp.spmatrix | None = None) -> None:
+        """Give the model its item table and, for user profiles, the training matrix.
+
+        Neither is saved in checkpoints: the feature caches and the prepared dataset are
+        the source of truth, and loading checks they match (multirec.models.loading).
+        """
         hp = self.hparams
         if items.visual_dim != hp.visual_dim or items.text_dim != hp.text_dim:
             raise MultirecError(
@@ -102,12 +139,13 @@ class MultimodalRecommender(L.LightningModule, Recommender):
                 f"model's (visual {hp.visual_dim}, text {hp.text_dim}); use the encoder the model was trained with"
             )
         self.items = items
-        if not hp.use_ids:
+        self.profiles = {}
+        for name in self.user_modalities[1 if hp.use_ids else 0 :]:
+            side = name.removeprefix("user_")
             if train_matrix is None:
-                raise MultirecError("a model without id embeddings needs the training matrix for user profiles")
-            m = train_matrix.tocsr()
-            rows = torch.from_numpy(m.indptr.astype("int64"))
-            self.user_history = (rows, torch.from_numpy(m.indices.astype("int64")))
+                raise MultirecError("user profiles need the training matrix: attach_items(items, train_matrix)")
+            feats, ok = getattr(items, side), getattr(items, f"{side}_ok")
+            self.profiles[side] = mean_profiles(sp.csr_matrix(train_matrix), feats, ok.numpy())
 
     def _item_tokens(self, items: torch.Tensor, id_dropout: bool = False) -> list[torch.Tensor]:
         """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``."""
@@ -130,33 +168,41 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             out.append(torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t)))
         if self.hparams.use_tags:
             out.append(self.tag_proj(it.tag[idx].to(dev)))
-        if "numeric" in self.modalities:
+        if "numeric" in self.item_modalities:
             out.append(self.numeric_proj(it.numeric[idx].to(dev)))
         return out
 
-    def _user_tokens(self, users: torch.Tensor) -> torch.Tensor:
+    def _user_tokens(self, users: torch.Tensor) -> list[torch.Tensor]:
+        """User-side tokens for a 1-D tensor of user indices, each ``[n, dim]``."""
+        out = []
         if self.hparams.use_ids:
-            return self.user_emb(users)
-        rows, cols = self.user_history
-        u = users.cpu()
-        starts, ends = rows[u], rows[u + 1]
-        lengths = ends - starts
-        flat = torch.cat([cols[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
-        content = torch.stack(self._item_tokens(flat.to(self.device)), 0).mean(0)
-        seg = torch.repeat_interleave(torch.arange(len(u)), lengths).to(self.device)
-        prof = torch.zeros(len(u), content.shape[1], device=self.device).index_add_(0, seg, content)
-        return prof / lengths.clamp(min=1).unsqueeze(1).to(self.device)
+            out.append(self.user_emb(users))
+        idx = users.cpu()
+        for side, prof in self.profiles.items():
+            proj = self.visual_proj if side == "visual" else self.text_proj
+            out.append(proj(prof[idx].to(self.device, torch.float32)))
+        return out
 
-    def _fuse(self, user_tok: torch.Tensor, item_toks: list[torch.Tensor], n_users: int, n_items: int, pairwise: bool) -> torch.Tensor:
-        """Logits for users x items: ``pairwise`` False means item_toks are per (user, item) rows."""
-        if pairwise:  # every user against the same items: broadcast
-            u = user_tok.unsqueeze(1).expand(n_users, n_items, -1)
+    def _fuse(
+        self, user_toks: list[torch.Tensor], item_toks: list[torch.Tensor], n_users: int, n_items: int, pairwise: bool
+    ) -> torch.Tensor:
+        """Logits ``[n_users, n_items]``.
+
+        ``pairwise``: every user against the same items (item tokens ``[n_items, d]``,
+        broadcast); otherwise item tokens are per (user, item) row, ``[n_users * n_items, d]``.
+        """
+        us = [u.unsqueeze(1).expand(n_users, n_items, -1) for u in user_toks]
+        if pairwise:
             its = [t.unsqueeze(0).expand(n_users, n_items, -1) for t in item_toks]
         else:
-            u = user_tok.unsqueeze(1).expand(n_users, n_items, -1)
             its = [t.view(n_users, n_items, -1) for t in item_toks]
-        tokens = torch.stack([u, *its], dim=2).flatten(0, 1)  # [U*I, M, d]
-        return self.head(self.fusion(tokens)).view(n_users, n_items)
+        tokens = torch.stack([*us, *its], dim=2).flatten(0, 1)  # [U*I, M, d]
+        fused = self.fusion(tokens)
+        if self.match_pairs:
+            scale = tokens.shape[-1] ** -0.5
+            dots = [(us[u] * its[i]).sum(-1).flatten() * scale for u, i in self.match_pairs]
+            fused = torch.cat([fused, torch.stack(dots, dim=1)], dim=1)
+        return self.head(fused).view(n_users, n_items)
 
     # -- the Recommender interface ---------------------------------------------------
     def forward(self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False) -> torch.Tensor:
@@ -218,7 +264,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         extra = {}
         if self.loss_fn.needs_alignment:
             uniq = torch.unique(pos)
-            toks = dict(zip(self.modalities[1:], self._item_tokens(uniq), strict=True))
+            toks = dict(zip(self.item_modalities, self._item_tokens(uniq), strict=True))
             extra = {"visual": toks.get("visual"), "text": toks.get("text")}
         out = self.loss_fn(logits[:, 0], logits[:, 1:], **extra)
         loss = out["loss"]
