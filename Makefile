@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint sample-data bench baselines sweep ablation fusion table clean
+.PHONY: help setup train test lint sample-data bench baselines sweep ablation fusion table recommend clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ lint: $(STAMP) ## ruff
 sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one under outputs/data
 	$(PY) -m multirec.sample size=small
 	$(PY) -m multirec.sample size=pixelrec50k
+
+table: $(STAMP) ## Table 2/3 per protocol (md, csv, tex), significance test and figures -> outputs/report
+	$(PY) -m multirec.report $(ARGS)
+
+recommend: $(STAMP) ## top-k for one user: make recommend ARGS="ckpt_path=... user=u123"
+	$(PY) -m multirec.recommend $(ARGS)
 
 bench: $(STAMP) ## benchmarks (data, features, evaluation, training); JSON under outputs/bench/
 	$(PY) -m multirec.bench.data

@@ -118,6 +118,8 @@ class SamplePreset:
 PRESETS: dict[str, SamplePreset] = {
     # Seconds; tests. Items start at 5 interactions so a 5-core keeps most users.
     "tiny": SamplePreset(60, 80, 600, 25, 20, 5, 5, 64),
+    # Enough users for stable metrics, small enough to train in seconds: the learning tests.
+    "mini": SamplePreset(300, 300, 7_500, 80, 80, 5, 8, 64),
     # The README default: the main job (cover extraction at ~15 images/s plus training)
     # takes a few minutes on 2 cores.
     "small": SamplePreset(900, 1_100, 19_800, 150, 150, 5, 18, 128),

@@ -78,9 +78,13 @@ class AttentionFusion(nn.Module):
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
         weights = None
         for attn, n1, ff, n2 in zip(self.attn, self.norm1, self.ff, self.norm2, strict=True):
-            h, weights = attn(x, x, x, need_weights=True, average_attn_weights=True)
+            # weights are only kept for inspection (eval); training takes the fused kernel
+            h, weights = attn(x, x, x, need_weights=not self.training, average_attn_weights=True)
             x = n1(x + h)
             x = n2(x + ff(x))
+        if weights is None:
+            self.last_weights = None
+            return self._pool(x)
         # last layer: with a CLS token, what the CLS query attends to among the modalities
         # (renormalised); otherwise the attention each modality receives, averaged over queries
         if self.cls is not None:
@@ -89,6 +93,9 @@ class AttentionFusion(nn.Module):
         else:
             received = weights.mean(1)
         self.last_weights = received.detach()
+        return self._pool(x)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return x[:, 0]
         if self.pooling == "flatten":

@@ -208,7 +208,12 @@ class MultimodalRecommender(L.LightningModule, Recommender):
     def forward(self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False) -> torch.Tensor:
         """Logits ``[B, C]`` for each user in ``users [B]`` and its candidates ``items [B, C]``."""
         b, c = items.shape
-        return self._fuse(self._user_tokens(users), self._item_tokens(items.flatten(), id_dropout), b, c, pairwise=False)
+        # candidates repeat across a batch: project each distinct item once, then gather
+        uniq, inverse = torch.unique(items.flatten(), return_inverse=True)
+        item_toks = [t[inverse] for t in self._item_tokens(uniq, id_dropout)]
+        uniq_users, user_inv = torch.unique(users, return_inverse=True)
+        user_toks = [t[user_inv] for t in self._user_tokens(uniq_users)]
+        return self._fuse(user_toks, item_toks, b, c, pairwise=False)
 
     def _fit(self, dataset: PreparedDataset) -> None:
         """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.

@@ -1,0 +1,45 @@
+"""``python -m multirec.report [runs=outputs] [out=outputs/report]``
+
+Collects finished runs (``multirec.train`` runs and ``multirec.evaluate`` results) into the
+paper's Table 2 and Table 3 layouts, one per protocol, with a paired significance test of
+the best model against the strongest baseline and the figures; see
+:mod:`multirec.reporting.build` for what lands in ``out``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from multirec.cli import user_errors
+from multirec.reporting.build import CheckpointFigures, Report, build_report
+
+
+def run(cfg: DictConfig) -> Report:
+    """Build the report the config describes; print it and where it went."""
+    figures = None
+    if cfg.figures:
+        figures = CheckpointFigures(
+            protocol=instantiate(cfg.eval), ckpt_path=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
+            device=cfg.device, examples=cfg.examples, max_lists=cfg.max_lists,
+        )
+    report = build_report(
+        cfg.runs, cfg.out, prepared_dir=cfg.paths.prepared_dir, cache_dir=cfg.paths.cache_dir,
+        split=cfg.split, dataset=cfg.dataset, figures=figures,
+    )
+    print((Path(report.out) / "report.md").read_text())
+    print(f"report written to {report.out} ({len(report.files)} files)")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""``build_report``: runs under a folder -> tables, significance tests and figures in one folder.
+
+Layout of the output folder (replaced as a whole on every build, so no stale file from
+an earlier report survives)::
+
+    report.md                          everything below in one page (tables, tests, figures, notes)
+    report.json                        machine-readable summary: files, tests, checkpoint, notes
+    table2-{split}-{protocol}.{md,csv,tex}   one per protocol with results
+    table3-{split}-{protocol}.{md,csv,tex}   the ablation, where ablation runs exist
+    significance-{split}-{protocol}.json     best model vs strongest baseline (paired)
+    metrics-{split}-{protocol}.png           metrics per encoder pair with error bars
+    sampled-vs-full-{split}.png              runs with both protocols' results
+    modality-weights.png, predictions.png    from a checkpoint (skipped with a note if none)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multirec.errors import ConfigError, DataError, MultirecError
+from multirec.eval.candidates import CandidateLists
+from multirec.eval.protocols import Protocol
+from multirec.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from multirec.reporting import inspect, plots
+from multirec.reporting import tables as T
+from multirec.reporting.runs import Entry, collect
+from multirec.reporting.significance import PairedTest, paired_test
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointFigures:
+    """Where the checkpoint figures come from (``ckpt_path`` or the best model run)."""
+
+    protocol: Protocol  # candidate lists the checkpoint is scored on (a sampled protocol)
+    ckpt_path: Path | None = None  # null: the best model run's best checkpoint
+    device: str = "cpu"
+    examples: int = 4  # covers per row of the prediction figure
+    max_lists: int | None = 2000  # lists scored (a seeded subsample keeps it fast on big data)
+
+
+@dataclass
+class Report:
+    out: Path
+    files: list[str] = field(default_factory=list)
+    tests: dict[str, dict | str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+
+
+def select_dataset(entries: list[Entry], wanted: str | None, prepared_dir: Path) -> str:
+    """The one prepared dataset the report is about; several without ``dataset=`` is an error.
+
+    Results on different prepared datasets are not comparable (other users, items or
+    candidates), so they are never put into one table.
+    """
+    counts = Counter(e.dataset for e in entries)
+    if wanted:
+        hits = [fp for fp in counts if fp.startswith(str(wanted))]
+        if len(hits) != 1:
+            found = "no" if not hits else "several"
+            raise ConfigError(f"dataset={wanted} matches {found} prepared dataset(s) of the runs; "
+                              f"choose one of: {_describe(counts, prepared_dir)}")
+        return hits[0]
+    if len(counts) > 1:
+        raise ConfigError(
+            f"the runs were evaluated on {len(counts)} different prepared datasets and cannot share a table: "
+            f"{_describe(counts, prepared_dir)}; pass dataset=<fingerprint prefix> or a narrower runs= folder"
+        )
+    return next(iter(counts))
+
+
+def _dataset_name(fp: str, prepared_dir: Path) -> str:
+    try:
+        return f"{inspect.find_prepared(prepared_dir, fp).manifest.get('name', '?')} ({fp[:12]})"
+    except DataError:
+        return f"prepared dataset {fp[:12]}"
+
+
+def _describe(counts: Counter, prepared_dir: Path) -> str:
+    return ", ".join(f"{_dataset_name(fp, prepared_dir)}: {n} results" for fp, n in counts.most_common())
+
+
+def build_report(
+    runs: Path | str,
+    out: Path | str,
+    *,
+    prepared_dir: Path | str,
+    cache_dir: Path | str,
+    split: str = "test",
+    dataset: str | None = None,
+    figures: CheckpointFigures | None = None,
+) -> Report:
+    """Collect the runs under ``runs`` and write the report into ``out`` (see the module docstring)."""
+    runs, out, prepared_dir = Path(runs), Path(out), Path(prepared_dir)
+    if not runs.is_dir():
+        raise ConfigError(f"runs={runs} is not a directory; point it at the folder holding your runs (e.g. outputs)")
+    collection = collect(runs)
+    if not collection.entries:
+        raise MultirecError(
+            f"no finished run under {runs} (no metrics.json of multirec.train or multirec.evaluate); "
+            "run `make sweep` and `make baselines` first"
+        )
+    fp = select_dataset(collection.entries, dataset, prepared_dir)
+    entries = [e for e in collection.entries if e.dataset == fp]
+    name = _dataset_name(fp, prepared_dir)
+    protocols = T.protocols_of(entries, split)
+    if not protocols:
+        raise MultirecError(f"no run under {runs} has {split} results; evaluate on split={split} or pick another split")
+    report = Report(out, notes=list(collection.notes))
+    page = [f"# Results on {name}", "",
+            f"{len(entries)} results (configuration x seed) collected from `{runs}`; split `{split}`.", ""]
+    with atomic_dir(out) as tmp:
+        for protocol in protocols:
+            rows = T.aggregate(entries, split, protocol)
+            page += _tables(tmp, report, rows, split, protocol, name)
+        page += _sampled_vs_full(tmp, report, entries, split)
+        if figures is not None:
+            page += _checkpoint_figures(tmp, report, entries, split, prepared_dir, cache_dir, figures)
+        if report.notes:
+            page += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
+        _write(tmp, report, "report.md", "\n".join(page))
+        report.files.append("report.json")
+        atomic_write_json(tmp / "report.json", {
+            "dataset": fp, "dataset_name": name, "runs": str(runs), "split": split,
+            "files": sorted(report.files), "significance": report.tests,
+            "checkpoint": report.checkpoint, "notes": report.notes,
+        })
+    return report
+
+
+def _write(folder: Path, report: Report, name: str, text: str) -> None:
+    atomic_write_bytes(folder / name, text.encode())
+    report.files.append(name)
+
+
+def _png(folder: Path, report: Report, name: str, fig) -> str:
+    plots.save_png(fig, folder / name)
+    report.files.append(name)
+    return f"![{name}]({name})"
+
+
+def _tables(folder: Path, report: Report, rows: list[T.Row], split: str, protocol: str, name: str) -> list[str]:
+    page = [f"## Protocol: {protocol}", ""]
+    t2 = T.table2(rows, split, protocol, name)
+    if t2 is not None:
+        test = _significance(t2, split, protocol)
+        key = f"{split}/{protocol}"
+        report.tests[key] = test.to_dict() if isinstance(test, PairedTest) else test
+        sentence = test.sentence() if isinstance(test, PairedTest) else f"No significance test: {test}."
+        if isinstance(test, PairedTest):
+            atomic_write_json(folder / f"significance-{split}-{protocol}.json", test.to_dict())
+            report.files.append(f"significance-{split}-{protocol}.json")
+        page += _table_files(folder, report, t2, [sentence])
+        page += [_png(folder, report, f"metrics-{split}-{protocol}.png", plots.metrics_figure(t2)), ""]
+    t3 = T.table3(rows, split, protocol, name)
+    if t3 is not None:
+        page += _table_files(folder, report, t3, [])
+    return page
+
+
+def _table_files(folder: Path, report: Report, table: T.Table, extra: list[str]) -> list[str]:
+    md = T.to_markdown(table, extra)
+    _write(folder, report, f"{table.name}.md", md)
+    _write(folder, report, f"{table.name}.csv", T.to_csv(table))
+    _write(folder, report, f"{table.name}.tex", T.to_latex(table))
+    return [md]
+
+
+def _significance(table: T.Table, split: str, protocol: str) -> PairedTest | str:
+    """Best model (highest mean NDCG@10) against the strongest baseline, on per-list NDCG@10."""
+    def best(kind: str) -> T.Row | None:
+        rows = [r for r in table.rows if r.kind == kind]
+        return max(rows, key=lambda r: r.mean(T.KEY_METRIC), default=None)
+
+    model, baseline = best("model"), best("baseline")
+    if model is None or baseline is None:
+        return "the table needs at least one model and one baseline"
+    return paired_test(model, baseline, split, protocol, T.KEY_METRIC)
+
+
+def _sampled_vs_full(folder: Path, report: Report, entries: list[Entry], split: str) -> list[str]:
+    fig = plots.sampled_vs_full_figure(T.aggregate(entries, split, "sampled"), split)
+    if fig is None:
+        report.notes.append(
+            f"no sampled-vs-full figure: no run has both {split}/sampled and {split}/full results "
+            "(evaluate a checkpoint with `python -m multirec.evaluate ckpt_path=... eval=full`)"
+        )
+        return []
+    return ["## Sampled vs full ranking", "", _png(folder, report, f"sampled-vs-full-{split}.png", fig), ""]
+
+
+def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | None:
+    """Best model configuration by mean ``split`` NDCG@10; among its seeds, the best on validation."""
+    rows = [r for r in T.aggregate(entries, split, protocol) if r.kind == "model"]
+    rows = [r for r in rows if any(e.checkpoint is not None and e.checkpoint.is_file() for e in r.entries)]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: r.mean(T.KEY_METRIC))
+    ok = [e for e in row.entries if e.checkpoint is not None and e.checkpoint.is_file()]
+    metric = f"valid/{protocol}/{T.KEY_METRIC}"
+    return max(ok, key=lambda e: e.metrics.get(metric, float("-inf"))).checkpoint
+
+
+def _checkpoint_figures(
+    folder: Path, report: Report, entries: list[Entry], split: str, prepared_dir: Path, cache_dir: Path | str,
+    cfg: CheckpointFigures,
+) -> list[str]:
+    ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else best_checkpoint(entries, split, cfg.protocol.name)
+    if ckpt is None:
+        report.notes.append("no modality-weight or prediction figure: no model run with a checkpoint on disk")
+        return []
+    try:
+        model, ds = inspect.load_model(ckpt, prepared_dir, cache_dir, cfg.device)
+    except MultirecError as exc:
+        if cfg.ckpt_path:  # asked for explicitly: the user must hear why it cannot be used
+            raise
+        report.notes.append(f"no modality-weight or prediction figure: the best run's checkpoint cannot be loaded ({exc})")
+        return []
+    report.checkpoint = str(ckpt)
+    lists = cfg.protocol.lists(ds, split)
+    if not isinstance(lists, CandidateLists):
+        raise ConfigError(f"eval={cfg.protocol.name} has no candidate lists; the figures need eval=sampled or cold_items")
+    lists = inspect.subsample(lists, cfg.max_lists)
+    page = ["## A trained model up close", "", f"Checkpoint `{ckpt}`, {len(lists)} {split} lists "
+            f"of the {cfg.protocol.name} protocol.", ""]
+    weights = inspect.modality_weights(model, ds, lists)
+    if weights is None:
+        report.notes.append(f"no modality-weight figure: the fusion of {ckpt} (concatenation) has no weights")
+        pairs = inspect.candidate_scores(model, ds, lists)
+    else:
+        fig = plots.modality_weights_figure(weights, model.modalities, f"What the fusion weighs ({ckpt.parent.parent.name})")
+        page += [_png(folder, report, "modality-weights.png", fig), ""]
+        pairs = weights
+    examples = inspect.prediction_examples(pairs, ds, cfg.examples)
+    page += [_png(folder, report, "predictions.png", plots.predictions_figure(examples)), ""]
+    return page

@@ -1,0 +1,269 @@
+"""Ask a trained checkpoint questions: what it recommends, what its fusion weighs, where
+it is most right and most wrong, and how much each modality moves its scores.
+
+A checkpoint records the fingerprint of the prepared dataset it was trained on, so
+:func:`load_model` finds that dataset under ``prepared_dir`` itself (the user passes only
+``ckpt_path``) and :func:`multirec.models.loading.load_checkpoint` refuses mismatched
+feature caches. Probabilities are ``sigmoid(score)``: the model's head emits a logit, so
+with the ``bce`` losses they estimate P(interaction); with ``bpr`` only their order means
+anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from multirec.data.dataset import PreparedDataset
+from multirec.errors import ConfigError, DataError, MultirecError
+from multirec.eval.candidates import CandidateLists
+from multirec.models.base import Recommender, mask_excluded
+
+if TYPE_CHECKING:  # importing Lightning takes seconds; a bad user id or path should not wait for it
+    from multirec.models.recommender import MultimodalRecommender
+
+LIST_BATCH = 512  # candidate lists per model call (bounds memory; the fusion weights are per call)
+
+
+def checkpoint_provenance(ckpt_path: Path | str) -> dict:
+    """What a multirec checkpoint records about its data and features."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise MultirecError(f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise DataError(f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt that multirec.train wrote") from None
+    prov = (ckpt.get("hyper_parameters") or {}).get("provenance") if isinstance(ckpt, dict) else None
+    if not prov or "dataset" not in prov:
+        raise DataError(f"{path} records no training provenance: it was not written by multirec.train")
+    return dict(prov)
+
+
+def find_prepared(prepared_dir: Path | str, fingerprint: str, hint: str = "") -> PreparedDataset:
+    """The prepared dataset with ``fingerprint`` under ``prepared_dir`` (named ``<name>-<fp[:12]>``)."""
+    for root in sorted(Path(prepared_dir).glob(f"*-{fingerprint[:12]}")):
+        ds = PreparedDataset.load(root)
+        if ds.fingerprint == fingerprint:
+            return ds
+    raise DataError(
+        f"no prepared dataset {fingerprint[:12]} under {prepared_dir}; prepare it with the training run's "
+        f"data settings{hint} or set paths.prepared_dir"
+    )
+
+
+def checkpoint_dataset(ckpt_path: Path | str, prepared_dir: Path | str) -> PreparedDataset:
+    """The prepared dataset a checkpoint was trained on (cheap: the model is not built)."""
+    prov = checkpoint_provenance(ckpt_path)
+    data = (prov.get("choices") or {}).get("data")
+    return find_prepared(prepared_dir, str(prov["dataset"]), f" (python -m multirec.prepare data={data})" if data else "")
+
+
+def load_model(
+    ckpt_path: Path | str, prepared_dir: Path | str, cache_dir: Path | str, device: str = "cpu"
+) -> tuple[MultimodalRecommender, PreparedDataset]:
+    """A trained model with its item features attached, and the dataset it was trained on."""
+    ds = checkpoint_dataset(ckpt_path, prepared_dir)  # before the slow import: bad paths fail fast
+    from multirec.models.loading import load_checkpoint
+
+    return load_checkpoint(ckpt_path, ds, cache_dir, device).eval(), ds
+
+
+# -- recommendations --------------------------------------------------------------------
+def user_index(ds: PreparedDataset, user_id: str) -> int:
+    """Index of an external user id; unknown ids are a one-line error naming the id."""
+    hits = np.flatnonzero(ds.user_ids == str(user_id))
+    if hits.size == 0:
+        examples = ", ".join(map(str, ds.user_ids[:3]))
+        raise ConfigError(
+            f"user {user_id!r} is not in the prepared dataset {ds.root} ({ds.n_users} users, e.g. {examples}); "
+            "pass an external user id from its users.parquet"
+        )
+    return int(hits[0])
+
+
+def cold_mask(ds: PreparedDataset) -> np.ndarray:
+    """True for items with no training interaction (the model scores them from content only)."""
+    seen = np.zeros(ds.n_items, dtype=bool)
+    seen[ds.train.items] = True
+    return ~seen
+
+
+def recommend(
+    model: Recommender, ds: PreparedDataset, user_id: str, k: int = 10, include_cold: bool = False
+) -> pl.DataFrame:
+    """Top-``k`` items for ``user_id``, the user's training items excluded.
+
+    Items without training interactions (``cold``) are left out unless ``include_cold``:
+    the model scores them from their content (cover, text, tag, counts) with a shared id
+    vector, which is what makes new items recommendable at all. ``held_out`` marks items
+    the user interacted with in validation or test -- hits, when inspecting a model.
+    """
+    if k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k}")
+    u = user_index(ds, user_id)
+    scores = model.score_all(torch.tensor([u]))
+    cold = cold_mask(ds)
+    excluded = ds.interaction_matrix("train")[[u]]
+    if not include_cold:
+        excluded = excluded + _row(np.flatnonzero(cold), ds.n_items)
+    mask_excluded(scores, excluded.tocsr(), np.array([0]))
+    top = torch.topk(scores[0], k=min(k, ds.n_items))
+    keep = torch.isfinite(top.values)
+    idx, val = top.indices[keep].numpy(), top.values[keep].numpy()
+    held_out = ds.interaction_matrix("valid", "test")[u].toarray().ravel().astype(bool)
+    titles = ds.items["title"].to_numpy()
+    return pl.DataFrame({
+        "rank": np.arange(1, len(idx) + 1),
+        "item_id": ds.item_ids[idx],
+        "score": val.astype(np.float64),
+        "probability": _sigmoid(val),
+        "cold": cold[idx],
+        "held_out": held_out[idx],
+        "title": titles[idx],
+    })
+
+
+def _row(items: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A 1 x n_items indicator row of ``items``."""
+    return sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items), dtype=np.int64), items)),
+                         shape=(1, n_items))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+# -- scoring saved candidate lists --------------------------------------------------------
+def subsample(lists: CandidateLists, max_lists: int | None, seed: int = 0) -> CandidateLists:
+    """At most ``max_lists`` lists, drawn without replacement with a fixed seed (order kept)."""
+    n = len(lists)
+    if max_lists is None or n <= max_lists:
+        return lists
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=max_lists, replace=False))
+    return CandidateLists(lists.users[keep], lists.items[keep], lists.path)
+
+
+def _batches(lists: CandidateLists) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for s in range(0, len(lists), LIST_BATCH):
+        yield torch.from_numpy(lists.users[s : s + LIST_BATCH]), torch.from_numpy(lists.items[s : s + LIST_BATCH])
+
+
+def candidate_scores(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame:
+    """One row per (list, candidate): ids, whether it is the held-out positive, score, probability.
+
+    ``rank`` is the candidate's position in its list by score (1 = top; ties by order).
+    """
+    parts = [model.score(u, it).numpy() for u, it in _batches(lists)]
+    scores = np.concatenate(parts) if parts else np.zeros((0, lists.items.shape[1]), dtype=np.float32)
+    return _pairs_frame(ds, lists, scores)
+
+
+def _pairs_frame(ds: PreparedDataset, lists: CandidateLists, scores: np.ndarray) -> pl.DataFrame:
+    n, c = lists.items.shape
+    rank = np.empty_like(lists.items)
+    np.put_along_axis(rank, np.argsort(-scores, axis=1, kind="stable"), np.arange(1, c + 1)[None, :].repeat(n, 0), 1)
+    users = np.repeat(lists.users, c)
+    items = lists.items.ravel()
+    return pl.DataFrame({
+        "list": np.repeat(np.arange(n), c),
+        "user_idx": users, "user_id": ds.user_ids[users],
+        "item_idx": items, "item_id": ds.item_ids[items],
+        "positive": np.tile(np.arange(c) == 0, n),
+        "score": scores.ravel().astype(np.float64),
+        "probability": _sigmoid(scores.ravel()),
+        "rank": rank.ravel(),
+    })
+
+
+def prediction_examples(pairs: pl.DataFrame, ds: PreparedDataset, n: int = 4) -> dict[str, pl.DataFrame]:
+    """The paper's Figure 2 material, distinct items per group, from :func:`candidate_scores`:
+
+    * ``best``: held-out positives the model gave the highest probability;
+    * ``missed``: held-out positives with the lowest probability;
+    * ``distractors``: never-interacted candidates with the highest probability (the
+      paper's "worst result, acting as a strong distractor").
+    """
+    info = ds.items.select("item_id", "title", "cover_path")
+    pos, neg = pairs.filter(pl.col("positive")), pairs.filter(~pl.col("positive"))
+    picks = {
+        "best": pos.sort("probability", descending=True),
+        "missed": pos.sort("probability"),
+        "distractors": neg.sort("probability", descending=True),
+    }
+    return {
+        name: frame.unique("item_id", keep="first", maintain_order=True).head(n).join(info, on="item_id", how="left")
+        for name, frame in picks.items()
+    }
+
+
+# -- what the fusion weighs, and what each modality contributes ----------------------------
+def modality_weights(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame | None:
+    """:func:`candidate_scores` plus one ``w_<modality>`` column per fusion token, or None when
+    the fusion has no weights (concatenation).
+
+    For attention fusion a weight is the attention each token receives in the last layer
+    (averaged over heads and queries, or the CLS query's when pooling is ``cls``); for
+    gated fusion the gate. The tokens are ``model.modalities`` in order (``user`` first).
+    """
+    weights, scores = [], []
+    for u, it in _batches(lists):
+        w = model.modality_weights(u, it)
+        if w is None:
+            return None
+        weights.append(w.detach().float().cpu().reshape(-1, w.shape[-1]).numpy())
+        scores.append(model.score(u, it).numpy())
+    if not weights:
+        return None
+    frame = _pairs_frame(ds, lists, np.concatenate(scores))
+    w = np.concatenate(weights)
+    return frame.with_columns(pl.Series(f"w_{m}", w[:, j]) for j, m in enumerate(model.modalities))
+
+
+@contextmanager
+def without(model: MultimodalRecommender, modality: str) -> Iterator[None]:
+    """Score as if every candidate item's ``visual`` or ``text`` input were missing.
+
+    The model then uses its learned 'missing' token for that modality -- what it does for
+    an item whose cover or text could not be encoded -- so the score difference is what
+    the item's cover (or text) contributes for that (user, item) pair. The user's side
+    (ids and profiles built when the items were attached) is left as it is.
+    """
+    items = model.items
+    flag = f"{modality}_ok"
+    if items is None or getattr(items, flag, None) is None:
+        raise ConfigError(f"the model has no {modality} input to switch off (its modalities: {', '.join(model.modalities)})")
+    model.items = replace(items, **{flag: torch.zeros_like(getattr(items, flag))})
+    try:
+        yield
+    finally:
+        model.items = items
+
+
+def modality_contributions(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame:
+    """:func:`candidate_scores` plus ``delta_<m>`` = score - score without modality ``m``,
+    for ``visual`` and ``text`` where the model has them."""
+    frame = candidate_scores(model, ds, lists)
+    for m in ("visual", "text"):
+        if m in model.modalities:
+            with without(model, m):
+                alone = candidate_scores(model, ds, lists)["score"]
+            frame = frame.with_columns((pl.col("score") - alone).alias(f"delta_{m}"))
+    return frame
+
+
+def sample_truth(ds: PreparedDataset) -> pl.DataFrame | None:
+    """The synthetic sample's ground truth per item (``topic, cover_topic, misleading``), read
+    from ``_topics.csv`` in the raw data folder; None for real data, which has none."""
+    path = Path(ds.manifest["settings"]["root"]) / "_topics.csv"
+    if not path.is_file():
+        return None
+    return pl.read_csv(path, schema_overrides={"item_id": pl.String}).select("item_id", "topic", "cover_topic", "misleading")

@@ -1,0 +1,341 @@
+"""The paper's Table 2 (baselines, then multimodal models by encoder pair) and Table 3
+(ablation: full, text-only, visual-only), one table per split and protocol.
+
+Cells are mean ± sample standard deviation over seeds (no ± with a single seed; the
+``Seeds`` column says how many). The best mean per column is bold (all rows tied with it
+at the printed precision). Every table names its protocol: sampled and full-ranking
+numbers are not comparable and may even order models differently.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from multirec.reporting.runs import TEXT_NAMES, VISUAL_NAMES, Entry
+
+# (column heading, metric name) in the paper's order; MRR is truncated at 10 (as the paper's).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("R@5", "recall@5"), ("NDCG@5", "ndcg@5"), ("R@10", "recall@10"),
+    ("NDCG@10", "ndcg@10"), ("MRR", "mrr@10"), ("Novelty", "novelty@10"),
+)
+KEY_METRIC = "ndcg@10"  # what "best model" and "strongest baseline" mean
+PROTOCOL_ORDER = ("sampled", "full", "cold_items")
+BASELINE_ORDER = ("Random", "MostPopular", "ItemKNN", "UserKNN", "BPR-MF")
+DIGITS = 4
+DIFFERENT_LISTS = "\u2020"  # dagger
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float  # NaN with a single seed
+    n: int
+
+
+@dataclass
+class Row:
+    """One configuration aggregated over its seeds for one split and protocol."""
+
+    label: str
+    kind: str
+    config: dict[str, str]
+    entries: list[Entry]
+    cells: dict[str, Cell]
+    n_lists: int | None
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(e.seed for e in self.entries)
+
+    def mean(self, metric: str) -> float:
+        cell = self.cells.get(metric)
+        return cell.mean if cell is not None else math.nan
+
+
+@dataclass
+class Section:
+    heading: str | None
+    rows: list[Row]
+
+
+@dataclass
+class Table:
+    name: str  # file stem, e.g. "table2-test-sampled"
+    title: str
+    caption: str
+    split: str
+    protocol: str
+    sections: list[Section]
+    notes: list[str] = field(default_factory=list)
+    odd: set[int] = field(default_factory=set)  # ids of rows scored on other lists than the rest
+
+    def label(self, row: Row) -> str:
+        return row.label + (DIFFERENT_LISTS if id(row) in self.odd else "")
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for s in self.sections for r in s.rows]
+
+    def best(self, metric: str) -> set[int]:
+        """ids of the rows holding the best mean of ``metric`` (ties at the printed precision)."""
+        means = {id(r): round(r.mean(metric), DIGITS) for r in self.rows if not math.isnan(r.mean(metric))}
+        if not means:
+            return set()
+        top = max(means.values())
+        return {k for k, v in means.items() if v == top}
+
+
+def protocols_of(entries: list[Entry], split: str) -> list[str]:
+    """Protocols with results on ``split``, the paper's first."""
+    found = {k.split("/")[1] for e in entries for k in e.metrics if k.startswith(f"{split}/") and k.count("/") == 2}
+    return sorted(found, key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else len(PROTOCOL_ORDER), p))
+
+
+def aggregate(entries: list[Entry], split: str, protocol: str) -> list[Row]:
+    """Rows (one per configuration) of the entries that have ``split/protocol`` results."""
+    prefix = f"{split}/{protocol}/"
+    groups: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        if prefix + KEY_METRIC in e.metrics:
+            groups.setdefault(e.config_key, []).append(e)
+    rows = []
+    for members in groups.values():
+        cells = {}
+        for _, metric in COLUMNS:
+            values = np.array([e.metrics[prefix + metric] for e in members if prefix + metric in e.metrics])
+            if values.size:
+                std = float(values.std(ddof=1)) if values.size > 1 else math.nan
+                cells[metric] = Cell(float(values.mean()), std, int(values.size))
+        counts = Counter(int(e.metrics[prefix + "n_lists"]) for e in members if prefix + "n_lists" in e.metrics)
+        n_lists = counts.most_common(1)[0][0] if counts else None
+        first = members[0]
+        rows.append(Row(first.label, first.kind, first.config, sorted(members, key=lambda e: e.seed), cells, n_lists))
+    _disambiguate(rows)
+    return rows
+
+
+def _differing(dicts: list[dict[str, str]]) -> list[str]:
+    keys = sorted({k for d in dicts for k in d})
+    return [k for k in keys if len({d.get(k) for d in dicts}) > 1]
+
+
+def _disambiguate(rows: list[Row]) -> None:
+    """Append what tells apart rows sharing a label: differing choices, e.g. ``(fusion=gated)``,
+    else the first differing settings of the composed config, e.g. ``(model.dim=128)``."""
+    by_label: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        by_label.setdefault((r.kind, r.label), []).append(r)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        keys = _differing([r.config for r in same])
+        source = "config"
+        if not keys:
+            keys, source = _differing([r.entries[0].settings for r in same]), "settings"
+        for r in same:
+            values = r.config if source == "config" else r.entries[0].settings
+            parts = [f"{k}={values.get(k, '-')}" for k in keys[:3]]
+            r.label += " (" + ", ".join(parts + (["\u2026"] if len(keys) > 3 else [])) + ")"
+
+
+def _rest(row: Row) -> tuple:
+    """Everything but the encoders: ablation variants must agree on it."""
+    config = {k: v for k, v in row.config.items() if not k.startswith("encoder/")}
+    settings = {k: v for k, v in row.entries[0].settings.items() if not k.startswith("encoder.")}
+    return tuple(sorted(config.items())), tuple(sorted(settings.items()))
+
+
+def _encoders(row: Row) -> tuple[str, str]:
+    return row.entries[0].encoders
+
+
+def _baseline_order(row: Row) -> tuple:
+    base = row.entries[0].label
+    return (BASELINE_ORDER.index(base) if base in BASELINE_ORDER else len(BASELINE_ORDER), row.label)
+
+
+def protocol_description(rows: list[Row], protocol: str) -> str:
+    """How the lists were built, from the settings any of ``rows`` recorded (baselines do)."""
+    settings = next((e.protocols[protocol] for r in rows for e in r.entries if protocol in e.protocols), {})
+    n = settings.get("n_negatives")
+    if protocol == "sampled":
+        negatives = f"{n} sampled" if n else "sampled"
+        return f"sampled (the paper's): each held-out positive ranked against {negatives} never-interacted items"
+    if protocol == "full":
+        return "full ranking: every item ranked, the user's training items masked"
+    if protocol == "cold_items":
+        pool = settings.get("negative_pool", "cold")
+        negatives = f"{n} " if n else ""
+        return f"cold items: held-out items without training interactions ranked against {negatives}{pool} items"
+    return protocol
+
+
+def _caption(
+    what: str, rows: list[Row], every: list[Row], split: str, protocol: str, dataset: str
+) -> tuple[str, list[str], set[int]]:
+    """Caption, notes, and the ids of ``rows`` scored on another number of lists than most.
+
+    ``every`` is all rows of the protocol, whose recorded settings describe it.
+    """
+    counts = Counter(r.n_lists for r in rows if r.n_lists is not None)
+    notes = []
+    lists = ""
+    odd: list[Row] = []
+    if counts:
+        common = counts.most_common(1)[0][0]
+        lists = f"; {common} lists"
+        odd = [r for r in rows if r.n_lists is not None and r.n_lists != common]
+        if odd:
+            notes.append(
+                f"{DIFFERENT_LISTS} scored on a different number of lists than the rest "
+                f"({', '.join(str(r.n_lists) for r in odd)} vs {common}): not the same candidates, compare with care"
+            )
+    caption = (
+        f"{what} on {dataset}, {split} split. Protocol: {protocol_description(every, protocol)}{lists}. "
+        f"Mean \u00b1 std over seeds; best per column in bold."
+    )
+    return caption, notes, {id(r) for r in odd}
+
+
+def table2(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
+    """Baselines, then models that use both a visual and a text encoder, by encoder pair."""
+    baselines = sorted((r for r in rows if r.kind == "baseline"), key=_baseline_order)
+    models = sorted((r for r in rows if r.kind == "model" and "none" not in _encoders(r)), key=lambda r: r.label)
+    if not baselines and not models:
+        return None
+    sections = [Section(h, rs) for h, rs in (("Baselines", baselines), ("Multimodal models", models)) if rs]
+    caption, notes, odd = _caption("Top-k retrieval", baselines + models, rows, split, protocol, dataset)
+    if any(r.kind == "model" and "none" in _encoders(r) for r in rows):
+        notes.append("single-modality models are in the ablation table (Table 3)")
+    return Table(f"table2-{split}-{protocol}", "Table 2", caption, split, protocol, sections, notes, odd)
+
+
+def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
+    """Ablation: each full pair next to its text-only and visual-only variants.
+
+    A group is formed for a full pair (V, T) when a text-only run with T or a visual-only run
+    with V exists with otherwise equal settings; if some pairs have both variants, only
+    those are shown (a text-only run would otherwise join every pair using its encoder).
+    """
+    models = [r for r in rows if r.kind == "model"]
+    single = {(_encoders(r), _rest(r)): r for r in models if "none" in _encoders(r)}
+    groups = []
+    for full in sorted((r for r in models if "none" not in _encoders(r)), key=lambda r: r.label):
+        v, t = _encoders(full)
+        text_only = single.get((("none", t), _rest(full)))
+        visual_only = single.get(((v, "none"), _rest(full)))
+        if text_only or visual_only:
+            groups.append((full, text_only, visual_only))
+    if any(t and v for _, t, v in groups):
+        groups = [g for g in groups if g[1] and g[2]]
+    if not groups:
+        return None
+    sections = []
+    for full, text_only, visual_only in groups:
+        v, t = _encoders(full)
+        group = [_relabel(full, f"{full.label} (Full)")]
+        if text_only:
+            group.append(_relabel(text_only, f"w/o visual (Text-only: {TEXT_NAMES.get(t, t)})"))
+        if visual_only:
+            group.append(_relabel(visual_only, f"w/o text (Visual-only: {VISUAL_NAMES.get(v, v)})"))
+        sections.append(Section(full.label if len(groups) > 1 else None, group))
+    members = [r for s in sections for r in s.rows]
+    caption, notes, odd = _caption("Ablation of the modalities", members, rows, split, protocol, dataset)
+    return Table(f"table3-{split}-{protocol}", "Table 3", caption, split, protocol, sections, notes, odd)
+
+
+def _relabel(row: Row, label: str) -> Row:
+    return Row(label, row.kind, row.config, row.entries, row.cells, row.n_lists)
+
+
+# -- formats ----------------------------------------------------------------------------
+def _cell_text(cell: Cell | None, pm: str) -> str:
+    if cell is None:
+        return "\u2013"
+    text = f"{cell.mean:.{DIGITS}f}"
+    if cell.n > 1:
+        text += f"{pm}{cell.std:.{DIGITS}f}"
+    return text
+
+
+def to_markdown(table: Table, extra: list[str] | None = None) -> str:
+    """The table with its caption above and notes (plus ``extra`` lines) below."""
+    heads = [h for h, _ in COLUMNS]
+    best = {m: table.best(m) for _, m in COLUMNS}
+    lines = [f"**{table.title}.** {table.caption}", "",
+             "| Method | " + " | ".join(heads) + " | Seeds |",
+             "|---|" + "---:|" * (len(heads) + 1)]
+    for section in table.sections:
+        if section.heading:
+            lines.append(f"| *{section.heading}* |" + " |" * (len(heads) + 1))
+        for r in section.rows:
+            cells = []
+            for _, m in COLUMNS:
+                text = _cell_text(r.cells.get(m), " \u00b1 ")
+                cells.append(f"**{text}**" if id(r) in best[m] else text)
+            lines.append(f"| {table.label(r)} | " + " | ".join(cells) + f" | {len(r.entries)} |")
+    tail = [*table.notes, *(extra or [])]
+    if tail:
+        lines += ["", *(f"- {n}" for n in tail)]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """One line per row: means, standard deviations, seeds and list counts (machine-readable)."""
+    records = []
+    for section in table.sections:
+        for r in section.rows:
+            rec: dict[str, object] = {"section": section.heading or "", "method": table.label(r), "kind": r.kind,
+                                      "split": table.split, "protocol": table.protocol,
+                                      "n_seeds": len(r.entries), "seeds": " ".join(map(str, r.seeds)),
+                                      "n_lists": r.n_lists}
+            for _, m in COLUMNS:
+                cell = r.cells.get(m)
+                rec[f"{m}_mean"] = cell.mean if cell else None
+                rec[f"{m}_std"] = cell.std if cell and cell.n > 1 else None
+            records.append(rec)
+    buf = io.BytesIO()
+    pl.DataFrame(records, infer_schema_length=None).write_csv(buf)
+    return buf.getvalue().decode()
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "\u00b1": r"$\pm$", DIFFERENT_LISTS: r"$^\dagger$", "\u2013": "--"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+
+
+def to_latex(table: Table) -> str:
+    """A ``table`` environment with booktabs rules (``\\usepackage{booktabs}``)."""
+    heads = [h for h, _ in COLUMNS]
+    best = {m: table.best(m) for _, m in COLUMNS}
+    width = len(heads) + 2
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(table.caption)}}}", rf"\label{{tab:{table.name}}}",
+             r"\begin{tabular}{l" + "r" * (width - 1) + "}", r"\toprule",
+             "Method & " + " & ".join(latex_escape(h) for h in heads) + r" & Seeds \\", r"\midrule"]
+    for i, section in enumerate(table.sections):
+        if i:
+            lines.append(r"\midrule")
+        if section.heading:
+            lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(section.heading)}}}}} \\")
+        for r in section.rows:
+            cells = []
+            for _, m in COLUMNS:
+                text = latex_escape(_cell_text(r.cells.get(m), " \u00b1 "))
+                cells.append(rf"\textbf{{{text}}}" if id(r) in best[m] else text)
+            lines.append(latex_escape(table.label(r)) + " & " + " & ".join(cells) + rf" & {len(r.entries)} \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines.append(r"\par\footnotesize " + "; ".join(latex_escape(n) for n in table.notes))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
