@@ -49,7 +49,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
-    items, caches = build_item_inputs(ds, cfg.encoder, cfg.paths.cache_dir, device=cfg.device)
+    items, caches = build_item_inputs(
+        ds, cfg.encoder, cfg.paths.cache_dir, device=cfg.device, num_workers=cfg.extract_workers
+    )
     protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
     datamodule = instantiate(
         cfg.datamodule, dataset=ds, protocols=protocols, valid_protocol=cfg.valid_protocol,

@@ -22,13 +22,14 @@ from multirec.models.recommender import MultimodalRecommender
 
 
 def build_item_inputs(
-    ds: PreparedDataset, encoder_cfg: DictConfig, cache_dir: str | Path, device: str = "cpu"
+    ds: PreparedDataset, encoder_cfg: DictConfig, cache_dir: str | Path, device: str = "cpu", num_workers: int = 2
 ) -> tuple[ItemInputs, dict]:
-    """Item table for the model, extracting any missing cache; also each side's cache identity."""
+    """Item table for the model, extracting any missing cache (``num_workers`` decode covers
+    beside the encoder); also each side's cache identity."""
     sides: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     identity: dict[str, str | None] = {}
     for side in ("visual", "text"):
-        path = ensure_cache(ds, encoder_cfg[side], Path(cache_dir), device=device)
+        path = ensure_cache(ds, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers)
         if path is None:
             sides[side], identity[side] = None, None
             continue

@@ -1,0 +1,453 @@
+"""Run an encoder over every item of a prepared dataset, once, into the feature cache.
+
+:func:`ensure_cache` is what training and ``python -m multirec.extract`` call: it returns
+the cache of (dataset, encoder), reusing a finished one ("cache hit"), resuming an
+unfinished one, or building it.
+
+The work is planned in chunks of ``chunk_rows`` consecutive items. Each chunk is cut
+into batches (text sorted by length inside the chunk, so padding stays small); DataLoader
+workers decode covers or tokenise texts while the model runs; a chunk is written and
+recorded as done when its last batch is in. Under torch.distributed (``torchrun``) each
+rank takes a contiguous range of whole chunks and writes its own shard file, and rank 0
+merges the shards. Since batches are formed inside chunks the same way in every layout,
+1 and N processes feed the model identical batches and store identical features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.metadata
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import multirec
+from multirec.data.dataset import PreparedDataset
+from multirec.errors import ArtefactMismatchError, ConfigError, MultirecError
+from multirec.features.cache import (
+    OK,
+    STORAGE_DTYPES,
+    CorruptCacheError,
+    ShardWriter,
+    cache_file,
+    check_finished,
+    open_h5,
+)
+from multirec.features.encoders import Encoder, Preprocessing
+from multirec.io import fingerprint
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DEFAULT_CHUNK_ROWS = 1024
+VERSIONED = ("torch", "torchvision", "timm", "transformers", "sentence-transformers", "h5py", "numpy", "pillow")
+
+
+def instantiate_encoder(cfg: DictConfig | dict | None) -> Encoder | None:
+    """The encoder a config node describes; None for an empty node (the ``none`` choice)."""
+    if cfg is None or len(cfg) == 0:
+        return None
+    try:
+        encoder = instantiate(cfg)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MultirecError):
+            raise cause from None
+        lines = [ln.strip() for ln in str(cause or exc).splitlines() if ln.strip()]
+        raise ConfigError(f"encoder config {cfg.get('_target_')}: {lines[-1] if lines else exc}") from None
+    if not isinstance(encoder, Encoder):
+        raise ConfigError(f"encoder config _target_={cfg.get('_target_')} is not a multirec Encoder class")
+    return encoder
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the rank's GPU when there is one, else CPU; validate the rest."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device} but no CUDA GPU is visible; use device=cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1), unless joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_rank_zero() -> bool:
+    return _rank_world()[0] == 0
+
+
+def rank_zero_first(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0, then on the other ranks (which then find its result on disk)."""
+    rank, world = _rank_world()
+    if world > 1 and rank != 0:
+        dist.barrier()
+    result = fn()
+    if world > 1 and rank == 0:
+        dist.barrier()
+    return result
+
+
+def _on_rank0(fn: Callable[[], T], rank: int, world: int) -> T:
+    """Run ``fn`` on rank 0 only and hand its result, or its user error, to every rank."""
+    if world == 1:
+        return fn()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", fn())]
+        except MultirecError as exc:
+            box = [("error", exc)]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def library_versions() -> dict[str, str]:
+    out = {"multirec": multirec.__version__}
+    for name in VERSIONED:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+def chunk_ranges(n: int, chunk_rows: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
+
+
+def shard_chunks(n: int, chunk_rows: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """The contiguous run of whole chunks that ``rank`` of ``world`` extracts."""
+    chunks = chunk_ranges(n, chunk_rows)
+    return chunks[rank * len(chunks) // world : (rank + 1) * len(chunks) // world]
+
+
+def shard_path(final: Path, rank: int, world: int) -> Path:
+    suffix = ".partial" if world == 1 else f".rank{rank}-of-{world}.partial"
+    return final.with_name(final.name + suffix)
+
+
+def plan_batches(chunks: Sequence[tuple[int, int]], batch_size: int, lengths: np.ndarray | None) -> list[list[int]]:
+    """Batches of item indices that never cross a chunk; long texts first within a chunk."""
+    batches = []
+    for a, b in chunks:
+        idx = np.arange(a, b)
+        if lengths is not None:
+            idx = idx[np.argsort(-lengths[a:b], kind="stable")]
+        batches += [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    return batches
+
+
+class _Items(Dataset):
+    """Item i -> (i, model input or None, status); runs in DataLoader workers."""
+
+    def __init__(self, inputs: Sequence, load_item: Callable[[Any], tuple[Any, int]]) -> None:
+        self.inputs = inputs
+        self.load_item = load_item
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, int]:
+        value, status = self.load_item(self.inputs[i])
+        return i, value, status
+
+
+class _Collate:
+    """Batch the valid inputs with the encoder's collate; keep every item's position and status."""
+
+    def __init__(self, collate: Callable[[list], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[tuple[int, Any, int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        positions = torch.tensor([s[0] for s in samples], dtype=torch.int64)
+        status = torch.tensor([s[2] for s in samples], dtype=torch.uint8)
+        values = [s[1] for s in samples if s[2] == OK]
+        return positions, status, (self.collate(values) if values else None)
+
+
+def item_loader(
+    encoder: Encoder,
+    pre: Preprocessing,
+    dataset: PreparedDataset,
+    chunks: Sequence[tuple[int, int]],
+    dev: torch.device,
+    num_workers: int,
+) -> DataLoader:
+    """Batches ``(positions, status, model inputs or None)`` of the items in ``chunks``, in plan order."""
+    inputs = encoder.item_inputs(dataset)
+    return DataLoader(
+        _Items(inputs, pre.load_item),
+        batch_sampler=plan_batches(chunks, encoder.batch_size, encoder.input_lengths(inputs)),
+        collate_fn=_Collate(pre.collate),
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def to_device(x: Any, dev: torch.device) -> Any:
+    """A batch (tensor or dict of tensors) on ``dev``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dev, non_blocking=True)
+    return {k: to_device(v, dev) for k, v in x.items()}
+
+
+def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
+    if dev.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def ensure_cache(
+    dataset: PreparedDataset,
+    encoder_cfg: DictConfig | None,
+    cache_dir: Path,
+    *,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    rebuild: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Path | None:
+    """Path of the finished feature cache of (``dataset``, encoder); build it if needed.
+
+    Returns None when ``encoder_cfg`` is the ``none`` choice. A finished cache with the
+    same fingerprints is reused (logged as ``cache hit``); an unfinished one resumes; a
+    corrupt file, or one under this name built from other inputs, is refused unless
+    ``rebuild``. Under torch.distributed every rank must call this; items are sharded.
+    """
+    encoder = instantiate_encoder(encoder_cfg)
+    if encoder is None:
+        return None
+    identity = encoder.identity()
+    encoder_fp = fingerprint(identity)
+    final = cache_file(Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp)
+    rank, world = _rank_world()
+    if _on_rank0(lambda: _reusable(final, dataset, encoder_fp, rebuild), rank, world):
+        log.info("cache hit: %s", final)
+        return final
+    _build(dataset, encoder, identity, encoder_fp, final, resolve_device(device), num_workers, progress, chunk_rows)
+    return final
+
+
+def _reusable(final: Path, dataset: PreparedDataset, encoder_fp: str, rebuild: bool) -> bool:
+    if not final.exists():
+        return False
+    try:
+        check_finished(final, dataset.fingerprint, encoder_fp, dataset.n_items)
+        return True
+    except (CorruptCacheError, ArtefactMismatchError) as exc:
+        if not rebuild:
+            raise
+        log.warning("rebuilding %s: %s", final, exc)
+        final.unlink()
+        return False
+
+
+def _check_writable(cache_dir: Path) -> None:
+    """Fail before any model work when the cache directory cannot be written."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MultirecError(f"cannot create feature cache directory {cache_dir} ({exc.strerror}); set paths.cache_dir") from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise MultirecError(f"cannot write to feature cache directory {cache_dir} (permission denied); set paths.cache_dir")
+
+
+def _check_space(cache_dir: Path, need_bytes: int, partial: Path) -> None:
+    """Fail before encoding anything when the finished file would not fit."""
+    have = partial.stat().st_blocks * 512 if partial.exists() else 0
+    free = shutil.disk_usage(cache_dir).free
+    if free < need_bytes - have:
+        raise MultirecError(
+            f"not enough space in {cache_dir} for {partial.name.removesuffix('.partial')}: needs "
+            f"{(need_bytes - have) / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; free space or set paths.cache_dir"
+        )
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path):
+    """Out-of-space and permission failures while writing, as one line (the partial file resumes)."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower():
+            raise MultirecError(
+                f"no space left writing {path}; free space (the unfinished file resumes) or set paths.cache_dir"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "Permission denied" in text:
+            raise MultirecError(f"cannot write {path} (permission denied); set paths.cache_dir") from None
+        raise
+
+
+def _build(
+    dataset: PreparedDataset,
+    encoder: Encoder,
+    identity: dict,
+    encoder_fp: str,
+    final: Path,
+    dev: torch.device,
+    num_workers: int,
+    progress: bool,
+    chunk_rows: int,
+) -> None:
+    rank, world = _rank_world()
+    n = dataset.n_items
+    mine = shard_chunks(n, chunk_rows, rank, world)
+    partial = shard_path(final, rank, world)
+    _check_writable(final.parent)
+
+    pre = encoder.preprocessing()
+    net = encoder.network().to(dev)
+    with torch.inference_mode(), autocast(dev):
+        dim = int(net(to_device(pre.collate([pre.probe]), dev)).shape[-1])
+    itemsize = np.dtype(STORAGE_DTYPES[encoder.dtype]).itemsize
+    shard_rows = sum(b - a for a, b in mine)
+    _check_space(final.parent, shard_rows * (dim * itemsize + 2) + (1 << 20), partial)
+
+    attrs = {
+        "dataset_fingerprint": dataset.fingerprint,
+        "encoder_fingerprint": encoder_fp,
+        "encoder": identity,
+        "model": encoder.model,
+        "modality": encoder.modality,
+        "dim": dim,
+        "dtype": encoder.dtype,
+        "n_items": n,
+        "chunk_rows": chunk_rows,
+        "dataset": str(dataset.root),
+        "source": encoder.source.origin,
+        "versions": library_versions(),
+        "preprocessing": pre.describe,
+        "device": str(dev),
+        "world_size": world,
+    }
+    t0 = time.perf_counter()
+    done_before = 0
+    if mine:
+        start, stop = mine[0][0], mine[-1][1]
+        with _disk_errors(partial):
+            writer = ShardWriter.open(partial, start, stop, dim, encoder.dtype, attrs)
+        try:
+            done_before = writer.rows_done
+            if done_before:
+                log.info("resuming %s at item %d of %d", partial, start + done_before, stop)
+            else:
+                log.info(
+                    "extracting %s features of %d items with %s (%s) on %s into %s",
+                    encoder.modality, stop - start, encoder.model, encoder.source.origin, dev, partial,
+                )
+            todo = [(a, b) for a, b in mine if a >= start + done_before]
+            with _disk_errors(partial):
+                _run(encoder, pre, net, dataset, todo, writer, dev, num_workers, progress and rank == 0, stop - start)
+                if world == 1:
+                    writer.finish(final, {"elapsed_s": time.perf_counter() - t0})
+        finally:
+            writer.close()
+    if world > 1:
+        dist.barrier()
+        if rank == 0:
+            with _disk_errors(final):
+                _merge(final, n, chunk_rows, world, dim, encoder.dtype, attrs, time.perf_counter() - t0)
+        dist.barrier()
+    rate = (shard_rows - done_before) / max(time.perf_counter() - t0, 1e-9)
+    log.info("feature cache written: %s (%.1f items/s)", final, rate)
+
+
+def _run(
+    encoder: Encoder,
+    pre: Preprocessing,
+    net: torch.nn.Module,
+    dataset: PreparedDataset,
+    chunks: list[tuple[int, int]],
+    writer: ShardWriter,
+    dev: torch.device,
+    num_workers: int,
+    progress: bool,
+    total: int,
+) -> None:
+    """Encode ``chunks`` (consecutive item ranges) and commit each one as it completes."""
+    if not chunks:
+        return
+    loader = item_loader(encoder, pre, dataset, chunks, dev, num_workers)
+    bar = tqdm(
+        total=total, initial=total - sum(b - a for a, b in chunks), unit="item",
+        desc=f"{encoder.modality} {encoder.name}", disable=not progress, dynamic_ncols=True,
+    )
+    pending = iter(chunks)
+    a, b = next(pending)
+    feats = np.zeros((b - a, writer.f["features"].shape[1]), dtype=np.float32)
+    status = np.zeros(b - a, dtype=np.uint8)
+    filled = 0
+    with torch.inference_mode(), autocast(dev):
+        for positions, batch_status, x in loader:
+            pos = positions.numpy() - a
+            st = batch_status.numpy()
+            if x is not None:
+                feats[pos[st == OK]] = net(to_device(x, dev)).float().cpu().numpy()
+            status[pos] = st
+            filled += len(pos)
+            bar.update(len(pos))
+            if filled == b - a:
+                writer.commit(a, feats, status, encoder.slot)
+                nxt = next(pending, None)
+                if nxt is not None:
+                    a, b = nxt
+                    feats = np.zeros((b - a, feats.shape[1]), dtype=np.float32)
+                    status = np.zeros(b - a, dtype=np.uint8)
+                    filled = 0
+    bar.close()
+
+
+def _merge(final: Path, n: int, chunk_rows: int, world: int, dim: int, dtype: str, attrs: dict, elapsed: float) -> None:
+    """Rank 0: copy every rank's shard into the final file, then remove the shards."""
+    merged = ShardWriter.open(final.with_name(final.name + ".merge.partial"), 0, n, dim, dtype, attrs)
+    try:
+        for r in range(world):
+            chunks = shard_chunks(n, chunk_rows, r, world)
+            if not chunks:
+                continue
+            with open_h5(shard_path(final, r, world)) as f:
+                for a, b in chunks:
+                    if a >= merged.rows_done:
+                        start = chunks[0][0]
+                        merged.commit(a, f["features"][a - start : b - start], f["status"][a - start : b - start])
+        merged.finish(final, {"elapsed_s": elapsed})
+    finally:
+        merged.close()
+    for r in range(world):
+        shard_path(final, r, world).unlink(missing_ok=True)
