@@ -12,8 +12,6 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from tests.test_report import tiny_trained  # noqa: F401  (the session's one tiny model)
-
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -31,7 +29,7 @@ def run_notebook(name: str) -> list[str]:
     return texts
 
 
-def test_quickstart(tiny_trained, tmp_path, monkeypatch):  # noqa: F811
+def test_quickstart(tiny_trained, tmp_path, monkeypatch):
     root, info = tiny_trained
     monkeypatch.setenv("MULTIREC_ROOT", str(root))
     monkeypatch.setenv("MULTIREC_REPORT_DIR", str(tmp_path / "report"))
@@ -43,7 +41,7 @@ def test_quickstart(tiny_trained, tmp_path, monkeypatch):  # noqa: F811
     assert "cold items among the top 10" in out
 
 
-def test_modalities(tiny_trained, monkeypatch):  # noqa: F811
+def test_modalities(tiny_trained, monkeypatch):
     root, info = tiny_trained
     monkeypatch.setenv("MULTIREC_ROOT", str(root))
     monkeypatch.setenv("MULTIREC_CKPT", info["ckpt"])

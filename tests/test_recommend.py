@@ -16,7 +16,6 @@ import torch
 from multirec.errors import ConfigError
 from multirec.reporting import inspect
 from tests.conftest import compose_cfg
-from tests.test_report import tiny_trained  # noqa: F401  (the session's one tiny model)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +73,7 @@ def test_unknown_user_and_missing_settings_are_named(with_cold, tmp_path):
         recommend.run(compose_cfg("recommend", ["user=u1"], tmp_path))
 
 
-def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):  # noqa: F811
+def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):
     from multirec import recommend
 
     root, info = tiny_trained
@@ -91,7 +90,7 @@ def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):  # noqa: F81
     assert np.allclose(model.score(torch.tensor([u]), idx).numpy().ravel(), recs["score"].to_numpy(), atol=1e-5)
 
 
-def test_cli_unknown_user_is_one_line_on_stderr(tiny_trained):  # noqa: F811
+def test_cli_unknown_user_is_one_line_on_stderr(tiny_trained):
     root, info = tiny_trained
     proc = subprocess.run(
         [sys.executable, "-m", "multirec.recommend", f"ckpt_path={info['ckpt']}", "user=nobody"],

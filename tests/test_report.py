@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from omegaconf import open_dict
 
 from multirec.errors import ConfigError, DataError, MultirecError
 from multirec.reporting import tables as T
@@ -276,37 +275,6 @@ def test_report_config_composes_with_every_key_read(tmp_path):
     source = (Path(__file__).parents[1] / "multirec" / "report.py").read_text()
     for key in set(cfg) - {"paths"}:
         assert f"cfg.{key}" in source, key
-
-
-# -- a tiny model really trained, baselines really evaluated --------------------------------
-def _train_tiny(root: Path) -> dict:
-    """Train on the tiny sample under ``root`` (outputs/ laid out as by the entry points) and
-    evaluate Random and MostPopular on the same candidates with ``multirec.evaluate``."""
-    from multirec import evaluate
-    from multirec.train import train
-
-    cfg = compose_cfg("train", ["data=tiny", "logger=none", "trainer.max_epochs=3", "seed=1"], root)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "run")
-    result = train(cfg)
-    for baseline in ("random", "mostpop"):
-        ecfg = compose_cfg("evaluate", ["data=tiny", f"baseline={baseline}", "eval=sampled"], root)
-        with open_dict(ecfg):
-            ecfg.paths.output_dir = str(root / "outputs" / "runs" / "evaluate" / baseline)
-        evaluate.run(ecfg)
-    return {"ckpt": result["best_checkpoint"], "dataset": result["dataset"]["root"]}
-
-
-@pytest.fixture(scope="session")
-def tiny_trained(tmp_path_factory) -> tuple[Path, dict]:
-    """(root, {"ckpt", "dataset"}): one tiny training per test session, shared through the
-    session's base temp folder (test_recommend and test_notebooks import this fixture)."""
-    root = tmp_path_factory.getbasetemp() / "tiny-trained"
-    done = root / "done.json"
-    if not done.is_file():
-        info = _train_tiny(root)
-        done.write_text(json.dumps(info))
-    return root, json.loads(done.read_text())
 
 
 def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):

@@ -1,0 +1,117 @@
+"""Baselines: correct against hand/dense computations, training-only popularity, one interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from multirec.baselines.bprmf import BPRMF
+from multirec.baselines.knn import ItemKNN, UserKNN, topk_cosine
+from multirec.baselines.simple import MostPopular, RandomRecommender
+from multirec.bench.evaluation import synthetic_prepared, write_prepared
+from multirec.errors import ArtefactMismatchError, ConfigError, MultirecError
+from multirec.eval.evaluator import evaluate
+from multirec.eval.protocols import SampledProtocol
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return synthetic_prepared(tmp_path_factory.mktemp("b") / "p", n_users=400, n_items=120,
+                              mean_per_user=10, seed=3)
+
+
+ALL = [RandomRecommender(seed=1), MostPopular(), ItemKNN(k=20), UserKNN(k=20),
+       BPRMF(factors=8, epochs=3, batch_size=512)]
+
+
+@pytest.mark.parametrize("model", ALL, ids=lambda m: m.name)
+def test_score_agrees_with_score_all_and_recommend_excludes_seen(model, ds):
+    model.fit(ds)
+    users = torch.tensor([0, 5, 5, 17])
+    items = torch.tensor([[0, 3, 119], [1, 2, 3], [7, 7, 50], [100, 0, 64]])
+    full = model.score_all(users)
+    assert full.shape == (4, ds.n_items)
+    torch.testing.assert_close(model.score(users, items), torch.gather(full, 1, items))
+    seen = ds.interaction_matrix("train")
+    top, scores = model.recommend(users, 10, exclude=seen)
+    assert top.shape == (4, 10)
+    assert not seen.toarray()[users.numpy()[:, None], top.numpy()].any()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_random_is_a_pure_function_of_seed_user_item(ds):
+    a = RandomRecommender(seed=4).fit(ds)
+    users = torch.arange(10)
+    torch.testing.assert_close(a.score_all(users)[3:5], a.score_all(users[3:5]))
+    assert not torch.equal(a.score_all(users), RandomRecommender(seed=5).fit(ds).score_all(users))
+    s = a.score_all(torch.arange(200)).flatten()
+    assert float(s.min()) >= 0.0 and float(s.max()) < 1.0 and abs(float(s.mean()) - 0.5) < 0.01
+
+
+def test_most_popular_counts_training_only(tmp_path):
+    # item 1 is the most popular in test, item 0 in training: training must win
+    train = (np.array([0, 1, 2, 0]), np.array([0, 0, 0, 1]))
+    test = (np.array([1, 2, 3, 3]), np.array([1, 1, 1, 0]))
+    ds = write_prepared(tmp_path / "p", 4, 3, {"train": train, "test": test})
+    pop = MostPopular().fit(ds)
+    assert pop.score_all(torch.tensor([0]))[0].tolist() == [3.0, 1.0, 0.0]
+
+
+def test_most_popular_beats_random_on_the_sampled_protocol(ds):
+    p = SampledProtocol(user_fraction=1.0)
+    rand = evaluate(RandomRecommender().fit(ds), ds, p, "test").metrics["test/sampled/ndcg@10"]
+    pop = evaluate(MostPopular().fit(ds), ds, p, "test").metrics["test/sampled/ndcg@10"]
+    assert pop > rand + 0.05
+
+
+def test_topk_cosine_by_hand():
+    # rows a={0,1}, b={0,1,2}, c={3}: sim(a,b) = 2 / (sqrt2*sqrt3 + shrink)
+    m = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=np.float32))
+    s = topk_cosine(m, k=5, shrink=1.0).toarray()
+    want = 2 / (np.sqrt(2) * np.sqrt(3) + 1)
+    assert s[0, 1] == pytest.approx(want) and s[1, 0] == pytest.approx(want)
+    assert s[0, 0] == 0 and s[2].sum() == 0 and s[:, 2].sum() == 0
+
+
+def test_topk_cosine_keeps_k_best_in_blocks():
+    rng = np.random.default_rng(0)
+    m = sp.csr_matrix((rng.random((60, 30)) < 0.2).astype(np.float32))
+    dense = m.toarray()
+    norms = np.sqrt(dense.sum(1))
+    sim = dense @ dense.T / (norms[:, None] * norms[None, :] + 2.0)
+    np.fill_diagonal(sim, 0)
+    got = topk_cosine(m, k=4, shrink=2.0, block=7).toarray()
+    for r in range(60):
+        nz = np.flatnonzero(got[r])
+        assert len(nz) == min(4, int((sim[r] > 0).sum()))
+        np.testing.assert_allclose(got[r, nz], sim[r, nz], rtol=1e-5)
+        assert got[r, nz].min() >= np.sort(sim[r])[::-1][len(nz) - 1] - 1e-6
+
+
+def test_knn_scores_match_the_dense_formulas(ds):
+    x = ds.interaction_matrix("train").toarray()
+    item = ItemKNN(k=10, shrink=5.0).fit(ds)
+    user = UserKNN(k=10, shrink=5.0).fit(ds)
+    users = torch.arange(30)
+    np.testing.assert_allclose(item.score_all(users).numpy(), x[:30] @ item.right.toarray(), rtol=1e-5)
+    np.testing.assert_allclose(user.score_all(users).numpy(), user.sim.toarray()[:30] @ x, rtol=1e-5)
+
+
+def test_bprmf_learns_and_is_deterministic(ds):
+    a = BPRMF(factors=16, epochs=6, lr=0.03, batch_size=512, seed=1).fit(ds)
+    assert a.epoch_losses[-1] < a.epoch_losses[0] - 0.1
+    b = BPRMF(factors=16, epochs=6, lr=0.03, batch_size=512, seed=1).fit(ds)
+    torch.testing.assert_close(a.score_all(torch.arange(5)), b.score_all(torch.arange(5)))
+    with pytest.raises(ConfigError, match="no content features"):
+        BPRMF(negative_strategy="content")
+
+
+def test_a_model_fitted_elsewhere_or_not_at_all_is_refused(ds, tmp_path):
+    other = synthetic_prepared(tmp_path / "o", n_users=400, n_items=121, mean_per_user=10, seed=3)
+    model = MostPopular().fit(other)
+    with pytest.raises(ArtefactMismatchError, match=r"n_items: fitted on 121, given 120"):
+        evaluate(model, ds, SampledProtocol(), "test")
+    with pytest.raises(MultirecError, match="has not been fitted"):
+        evaluate(MostPopular(), ds, SampledProtocol(), "test")

@@ -1,0 +1,53 @@
+"""multirec.train end to end on the tiny sample: outputs, resume checks, other encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from multirec.errors import ArtefactMismatchError
+from multirec.train import train
+from tests.conftest import compose_cfg
+from tests.test_encoders import save_tiny_clip
+
+
+def test_run_writes_metrics_checkpoints_and_comparison(tiny_trained):
+    root, info = tiny_trained
+    run = root / "outputs" / "runs" / "tiny" / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test/sampled/ndcg@10", "test/sampled/mrr@10", "test/full/recall@10", "test/sampled/novelty@10"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    record = json.loads((run / "evaluation.json").read_text())
+    assert record["kind"] == "model" and "visual" in record["modalities"]
+    assert Path(info["ckpt"]).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert set(comparison) == {"Random", "MostPopular"}
+    # baselines were scored on the very same lists as the model
+    assert comparison["Random"]["test/sampled/n_lists"] == metrics["test/sampled/n_lists"]
+
+
+def test_resume_with_another_configuration_is_refused(tiny_trained):
+    root, info = tiny_trained
+    cfg = compose_cfg("train", ["data=tiny", "logger=none", "fusion=concat", "seed=1"], root)
+    with open_dict(cfg):
+        cfg.ckpt_path = info["ckpt"]
+        cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "resume-bad")
+    with pytest.raises(ArtefactMismatchError, match="fusion"):
+        train(cfg)
+
+
+def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
+    clip = save_tiny_clip(tmp_path / "clip")
+    cfg = compose_cfg(
+        "train",
+        ["data=tiny", "encoder=clip_sbert", f"encoder.visual.path={clip}", "fusion=attention", "logger=none",
+         "trainer.max_epochs=1", "compare={}"],
+        tmp_path,
+    )
+    result = train(cfg)
+    assert {"visual", "text", "user_visual", "user_text"} <= set(result["modalities"])
+    assert result["metrics"]["test/sampled/ndcg@10"] > 0
+    assert any(p.name.startswith("visual-") for p in (tmp_path / "outputs" / "cache").iterdir())
