@@ -31,4 +31,6 @@ def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) ->
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         msg = str(exc).splitlines()[0]
+        if "missing mandatory value" in msg:
+            msg = f"a value is required (pass {where}.{key}=...)"
         raise ConfigError(f"config {where}.{key}: {msg}".replace(f"{where}.:", f"{where}:")) from None
