@@ -51,3 +51,18 @@ def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
     assert {"visual", "text", "user_visual", "user_text"} <= set(result["modalities"])
     assert result["metrics"]["test/sampled/ndcg@10"] > 0
     assert any(p.name.startswith("visual-") for p in (tmp_path / "outputs" / "cache").iterdir())
+
+
+def test_resume_with_the_same_configuration_continues(tiny_trained):
+    root, info = tiny_trained
+    last = Path(info["ckpt"]).parent / "last.ckpt"
+    cfg = compose_cfg("train", ["data=tiny", "logger=csv", "trainer.max_epochs=4", "seed=1", "compare={}"], root)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last)
+        cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "resumed")
+    result = train(cfg)
+    logged = (Path(result["run_dir"]) / "csv").rglob("metrics.csv")
+    rows = [line.split(",") for f in logged for line in f.read_text().splitlines()[1:]]
+    assert result["metrics"]["test/sampled/ndcg@10"] > 0
+    # the checkpoint ended after epoch index 2: only epoch 3 is trained and validated again
+    assert {r[0] for r in rows if any(r[2:])} - {"4"} == {"3"}

@@ -51,9 +51,19 @@ def content_matrix(items: ItemInputs) -> np.ndarray | None:
     return torch.nn.functional.normalize(x, dim=1).numpy()
 
 
+def _comparable(hparams: dict) -> dict:
+    """What must match to resume: every hyper-parameter and the data/feature identity,
+    but not the Hydra choices of loggers, trainers or paths recorded beside them."""
+    out = {k: v for k, v in hparams.items() if k != "provenance"}
+    prov = hparams.get("provenance") or {}
+    out.update({f"provenance.{k}": prov.get(k) for k in ("dataset", "caches", "encoder")})
+    return out
+
+
 def hparams_difference(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    """Human-readable differences between two models' hyper-parameters."""
+    a, b = _comparable(saved), _comparable(current)
+    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def load_checkpoint(ckpt_path: str | Path, ds: PreparedDataset, cache_dir: str | Path, device: str = "cpu") -> MultimodalRecommender:
@@ -75,5 +85,6 @@ def load_checkpoint(ckpt_path: str | Path, ds: PreparedDataset, cache_dir: str |
             f"{path} was trained with feature caches {prov.get('caches')} but found {identity}; "
             "re-extract with the training run's encoder settings"
         )
+    model.bind(ds)
     model.attach_items(items, ds.interaction_matrix("train"))
     return model.to(device)
