@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from multirec.bench.common import in_subprocess, peak_rss_mib, write
 from multirec.data.config import DataConfig
@@ -56,8 +57,8 @@ class ReadyBatches(L.LightningDataModule):
         super().__init__()
         self.batches = batches
 
-    def train_dataloader(self):
-        return self.batches
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None)
 
 
 def dataset():
@@ -100,7 +101,7 @@ def one_fusion(fusion: str) -> dict:
         text_dim=384, fusion=OmegaConf.to_container(OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")),
         loss={"_target_": "multirec.models.losses.BCELoss"}, **model_cfg,
     )
-    model.attach_items(items)
+    model.attach_items(items, ds.interaction_matrix("train"))
     dm = RecDataModule(ds, batch_size=BATCH, num_negatives=4, seed=0)
     pipeline = fit_steps(model, dm, STEPS)
     dm.trainer = None
