@@ -100,10 +100,13 @@ def test_knn_scores_match_the_dense_formulas(ds):
 
 
 def test_bprmf_learns_and_is_deterministic(ds):
-    a = BPRMF(factors=16, epochs=6, lr=0.03, batch_size=512, seed=1).fit(ds)
+    a = BPRMF(factors=16, epochs=8, lr=0.1, reg=0.01, batch_size=2048, seed=1).fit(ds)
     assert a.epoch_losses[-1] < a.epoch_losses[0] - 0.1
-    b = BPRMF(factors=16, epochs=6, lr=0.03, batch_size=512, seed=1).fit(ds)
-    torch.testing.assert_close(a.score_all(torch.arange(5)), b.score_all(torch.arange(5)))
+    b = BPRMF(factors=16, epochs=8, lr=0.1, reg=0.01, batch_size=2048, seed=1).fit(ds)
+    torch.testing.assert_close(a.score_all(torch.arange(5)), b.score_all(torch.arange(5)), rtol=0, atol=0)
+    p = SampledProtocol(user_fraction=1.0)
+    rand = evaluate(RandomRecommender().fit(ds), ds, p, "test").metrics["test/sampled/ndcg@10"]
+    assert evaluate(a, ds, p, "test").metrics["test/sampled/ndcg@10"] > rand + 0.05
     with pytest.raises(ConfigError, match="no content features"):
         BPRMF(negative_strategy="content")
 

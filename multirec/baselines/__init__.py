@@ -1,0 +1,1 @@
+"""Non-neural baselines (config group ``baseline/``), all behind :class:`multirec.models.base.Recommender`."""
