@@ -16,7 +16,10 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
@@ -44,14 +47,32 @@ def check_resume(ckpt_path: str, model: MultimodalRecommender) -> None:
         raise ArtefactMismatchError(f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})")
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse DDP whose processes Lightning would start inside a local sweep.
+
+    Lightning starts DDP's other processes by re-running the command line, and in a
+    multirun each of them would re-run the whole sweep. Processes that SLURM
+    (``hydra/launcher=slurm``) or torchrun start are fine.
+    """
+    if not str(cfg.trainer.get("strategy", "")).startswith("ddp") or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if not (SLURMEnvironment.detect() or TorchElasticEnvironment.detect()):
+        raise ConfigError(
+            "trainer=ddp in a local sweep (-m) would re-run the sweep in every process: run the "
+            "configurations one at a time, or sweep with hydra/launcher=slurm (docs/cluster.md)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the run's provenance and metrics."""
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
     items, caches = build_item_inputs(
         ds, cfg.encoder, cfg.paths.cache_dir, device=cfg.device, num_workers=cfg.extract_workers
     )
+    # seeded after extraction, which draws from the global generators: a run that finds its
+    # features cached then starts from the same weights as the run that extracted them
+    L.seed_everything(cfg.seed, workers=True)
     protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
     datamodule = instantiate(
         cfg.datamodule, dataset=ds, protocols=protocols, valid_protocol=cfg.valid_protocol,
@@ -102,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 baseline = instantiate(bcfg).fit(ds)
                 comparison[baseline.name] = datamodule.evaluate(baseline, "test", keep=False)
             atomic_write_json(out_dir / "comparison.json", comparison)
-    for logger in loggers:
+    for logger in loggers if trainer.is_global_zero else []:  # other ranks hold no W&B run
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
             logger.experiment.summary.update({k: v for k, v in metrics.items() if k.startswith("test/")})
     return {**run, "metrics": metrics, "comparison": comparison}
@@ -121,14 +142,20 @@ def results_table(result: dict[str, Any]) -> str:
 def main(cfg: DictConfig) -> float | None:
     if cfg.optimized_metric is None:
         raise ConfigError("optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10")
+    check_launch(cfg)
     result = train(cfg)
+    print_summary(result)
+    return result["metrics"].get(cfg.optimized_metric)
+
+
+@rank_zero_only
+def print_summary(result: dict[str, Any]) -> None:
     print(results_table(result))
     print(f"run directory:   {result['run_dir']}")
     print(f"best checkpoint: {result['best_checkpoint']}")
     wandb_dir = Path(result["run_dir"]) / "wandb"
     if wandb_dir.exists():
         print(f"W&B offline run: {wandb_dir}  (upload later with `wandb sync {wandb_dir}/offline-run-*`)")
-    return result["metrics"].get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

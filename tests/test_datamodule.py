@@ -11,6 +11,8 @@ from multirec.data.datamodule import RecDataModule
 
 class FakeTrainer:
     current_epoch = 0
+    global_rank = 0
+    world_size = 1
 
 
 def epoch_batches(ds, epoch: int, seed: int = 0):

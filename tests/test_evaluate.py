@@ -146,3 +146,17 @@ def test_multirun_prints_one_table_per_protocol(tmp_path):
     assert "test/sampled (" in tables
     assert tables.count("| Random") == 2 and tables.count("| MostPopular") == 2
     assert list(tmp_path.glob("outputs/multirun/evaluate/*/table.md"))
+
+
+def test_a_checkpoint_is_scored_on_the_baselines_candidates(tiny_trained, tmp_path):
+    root, info = tiny_trained
+    cfg = compose_cfg("evaluate", ["data=tiny"], root)
+    cfg.ckpt_path = info["ckpt"]
+    cfg.paths.output_dir = str(tmp_path / "ckpt")
+    metrics = run(cfg)
+    ev = json.loads((tmp_path / "ckpt" / "evaluation.json").read_text())
+    assert ev["source"] == {"ckpt_path": info["ckpt"]}
+    baseline = json.loads((root / "outputs/runs/evaluate/random/evaluation.json").read_text())
+    assert ev["candidates"] == baseline["candidates"]
+    assert ev["metrics"]["test/sampled/n_lists"] == baseline["metrics"]["test/sampled/n_lists"]
+    assert 0.0 <= metrics["test/sampled/ndcg@10"] <= 1.0

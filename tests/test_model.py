@@ -151,3 +151,18 @@ def test_feature_dimension_mismatch_is_refused(tmp_path):
     bad.visual = torch.zeros(N_ITEMS, DV + 1, dtype=torch.float16)
     with pytest.raises(MultirecError, match="feature dimensions"):
         m.attach_items(bad)
+
+
+def test_history_token_excludes_the_trained_positive(tmp_path):
+    import scipy.sparse as sp
+
+    m = model_from(tmp_path, ["fusion=concat"])
+    # user 0 trained on items 1, 2, 3: scoring positive 1 must use the mean of items 2 and 3 only
+    m.history = sp.csr_matrix((np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32)
+    k = m.user_modalities.index("user_history")
+    seen = []
+    m._fuse = lambda u, i, b, c, pairwise: seen.append(u[k].view(b, c, -1)) or torch.zeros(b, c)
+    m(torch.tensor([0]), torch.tensor([[1, 5]]), exclude_first=True)
+    emb = m.item_emb.weight.detach()
+    assert torch.allclose(seen[0][0, 0], (emb[2] + emb[3]) / 2, atol=1e-6)
+    assert torch.allclose(seen[0][0, 1], (emb[1] + emb[2] + emb[3]) / 3, atol=1e-6)

@@ -286,3 +286,10 @@ def test_manifest_is_json_with_counts(raw, tmp_path):
     ds = run(raw, tmp_path)
     m = json.loads((ds.root / "manifest.json").read_text())
     assert m["n_users"] == ds.n_users and "counts" in m and m["fingerprint"] == ds.fingerprint
+
+
+def test_data_without_count_columns(raw, tmp_path):
+    cfg = cfg_for(raw)
+    cfg.columns.counts = []
+    ds = prepare(cfg, tmp_path / "p", progress=False)
+    assert ds.numeric_features().shape == (ds.n_items, 0)

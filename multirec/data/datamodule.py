@@ -26,14 +26,42 @@ from multirec.eval.protocols import Protocol
 from multirec.models.base import Recommender
 
 
+def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of process ``rank``'s batches over ``n`` shuffled rows.
+
+    Every process shuffles the same way; global batch g is rows ``[g*batch_size*world, ...)``
+    and each process takes its own contiguous share of it. So all processes take the same
+    number of steps (DDP's gradient all-reduce hangs otherwise), and the averaged gradient
+    is that of one process stepping over the whole global batch (``batch_size * world``)
+    -- exactly when the shares are equal. A final global batch with fewer rows than
+    processes would leave one empty and is dropped (< ``world`` rows an epoch, other rows
+    each epoch); with one process nothing is dropped.
+    """
+    step = batch_size * world
+    bounds = []
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        if m < world:
+            break
+        edges = s + np.arange(world + 1) * m // world
+        bounds.append((int(edges[rank]), int(edges[rank + 1])))
+    return bounds
+
+
 class EpochBatches(IterableDataset):
-    """Shuffled (user, positive, negatives) batches; negatives resampled each epoch."""
+    """Shuffled (user, positive, negatives) batches; negatives resampled each epoch; under
+    DDP each process yields its share of every global batch (:func:`shard_bounds`)."""
 
     def __init__(self, dm: RecDataModule) -> None:
         self.dm = dm
 
+    def _bounds(self) -> list[tuple[int, int]]:
+        trainer = self.dm.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return shard_bounds(len(self.dm.dataset.train), self.dm.batch_size, rank, world)
+
     def __len__(self) -> int:
-        return -(-len(self.dm.dataset.train) // self.dm.batch_size)
+        return len(self._bounds())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         dm = self.dm
@@ -44,8 +72,8 @@ class EpochBatches(IterableDataset):
         users = torch.from_numpy(train.users[order])
         pos = torch.from_numpy(train.items[order])
         negs = torch.from_numpy(np.ascontiguousarray(neg[order]))
-        for s in range(0, len(order), dm.batch_size):
-            yield users[s : s + dm.batch_size], pos[s : s + dm.batch_size], negs[s : s + dm.batch_size]
+        for s, e in self._bounds():
+            yield users[s:e], pos[s:e], negs[s:e]
 
 
 class RecDataModule(L.LightningDataModule):

@@ -32,6 +32,8 @@ def standardise_counts(counts: np.ndarray, train_items: np.ndarray) -> tuple[np.
 
     Returns the features and the statistics (saved in the manifest for reuse).
     """
+    if counts.shape[1] == 0:  # data without count columns (data.columns.counts=[])
+        return np.zeros(counts.shape, dtype=np.float32), {"mean": [], "std": []}
     x = np.log1p(np.clip(counts.astype(np.float64), 0, None))
     train = x[train_items]
     mean = np.nanmean(train, axis=0) if len(train) else np.zeros(x.shape[1])

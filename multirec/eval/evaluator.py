@@ -102,8 +102,13 @@ def evaluate(
     out[prefix + "n_users"] = int(np.unique(users).size)
     out[prefix + "n_lists_user_without_history"] = int((~frame["user_has_history"]).sum())
     out[prefix + "n_unseen_positives"] = int(frame["n_unseen_positives"].sum())
-    keys = ("user_id",) if per_user else ("user_id", "item_id")
-    return EvalResult(split, protocol.name, dict(sorted(out.items())), frame, keys)
+    return EvalResult(split, protocol.name, dict(sorted(out.items())), frame, list_key_columns(per_user))
+
+
+def list_key_columns(per_user: bool) -> tuple[str, ...]:
+    """Columns identifying a list across models: the user for full ranking (one list per
+    user), the user and the positive item for candidate lists."""
+    return ("user_id",) if per_user else ("user_id", "item_id")
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:

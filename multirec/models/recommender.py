@@ -96,8 +96,11 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             self.text_missing = nn.Parameter(torch.zeros(dim))
             self.item_modalities.append("text")
         if user_profile:
-            # the user's taste in each content modality: the mean feature of its training
-            # items, through the same projection as items, so the fusion can compare them
+            # the user's taste: the mean id embedding of its training items (collaborative, as
+            # in FISM/SVD++) and the mean feature of each content modality through the same
+            # projection as items, so the fusion can compare user and item directly
+            if use_ids:
+                self.user_modalities.append("user_history")
             self.user_modalities += [f"user_{m}" for m in ("visual", "text") if m in self.item_modalities]
         if use_tags:
             self.tag_proj = nn.Sequential(nn.Embedding(n_tags, dim), nn.GELU(), nn.Linear(dim, dim))
@@ -114,7 +117,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         self.modalities = self.user_modalities + self.item_modalities
         # explicit user-item agreement per modality (id with id, taste with content): scaled dot
         # products fed to the head beside the fused vector, since an MLP learns products slowly
-        partner = {"user": "item", "user_visual": "visual", "user_text": "text"}
+        partner = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
         self.match_pairs = (
             [(self.user_modalities.index(u), self.item_modalities.index(partner[u])) for u in self.user_modalities]
             if match else []
@@ -124,6 +127,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         self.loss_fn = instantiate(loss)
         self.items: ItemInputs | None = None
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
+        self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
 
     # -- inputs ---------------------------------------------------------------------
     def attach_items(self, items: ItemInputs, train_matrix: sp.spmatrix | None = None) -> None:
@@ -140,10 +144,13 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             )
         self.items = items
         self.profiles = {}
-        for name in self.user_modalities[1 if hp.use_ids else 0 :]:
-            side = name.removeprefix("user_")
-            if train_matrix is None:
-                raise MultirecError("user profiles need the training matrix: attach_items(items, train_matrix)")
+        sides = [m.removeprefix("user_") for m in self.user_modalities if m in ("user_visual", "user_text")]
+        if (sides or "user_history" in self.user_modalities) and train_matrix is None:
+            raise MultirecError("user profiles need the training matrix: attach_items(items, train_matrix)")
+        if "user_history" in self.user_modalities:
+            self.history = sp.csr_matrix(train_matrix, dtype=np.float32)
+            self.history.data[:] = 1.0
+        for side in sides:
             feats, ok = getattr(items, side), getattr(items, f"{side}_ok")
             self.profiles[side] = mean_profiles(sp.csr_matrix(train_matrix), feats, ok.numpy())
 
@@ -178,23 +185,40 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         if self.hparams.use_ids:
             out.append(self.user_emb(users))
         idx = users.cpu()
+        if self.history is not None:
+            out.append(self._history_sum(idx) / self._history_count(idx).clamp(min=1).unsqueeze(1))
         for side, prof in self.profiles.items():
             proj = self.visual_proj if side == "visual" else self.text_proj
             out.append(proj(prof[idx].to(self.device, torch.float32)))
         return out
+
+    def _history_count(self, users: torch.Tensor) -> torch.Tensor:
+        h = self.history
+        return torch.from_numpy(np.diff(h.indptr)[users.numpy()].astype(np.float32)).to(self.device)
+
+    def _history_sum(self, users: torch.Tensor) -> torch.Tensor:
+        """Sum of the id embeddings of each user's training items (sparse x dense)."""
+        rows = self.history[users.numpy()].tocoo()
+        idx = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
+        mat = torch.sparse_coo_tensor(
+            idx, torch.from_numpy(rows.data), (len(users), self.hparams.n_items), check_invariants=False
+        )
+        return torch.sparse.mm(mat.to(self.device), self.item_emb.weight)
 
     def _fuse(
         self, user_toks: list[torch.Tensor], item_toks: list[torch.Tensor], n_users: int, n_items: int, pairwise: bool
     ) -> torch.Tensor:
         """Logits ``[n_users, n_items]``.
 
-        ``pairwise``: every user against the same items (item tokens ``[n_items, d]``,
-        broadcast); otherwise item tokens are per (user, item) row, ``[n_users * n_items, d]``.
+        ``pairwise``: every user against the same items (user tokens ``[n_users, d]``, item
+        tokens ``[n_items, d]``, broadcast); otherwise both are per (user, item) row,
+        ``[n_users * n_items, d]``.
         """
-        us = [u.unsqueeze(1).expand(n_users, n_items, -1) for u in user_toks]
         if pairwise:
+            us = [u.unsqueeze(1).expand(n_users, n_items, -1) for u in user_toks]
             its = [t.unsqueeze(0).expand(n_users, n_items, -1) for t in item_toks]
         else:
+            us = [u.view(n_users, n_items, -1) for u in user_toks]
             its = [t.view(n_users, n_items, -1) for t in item_toks]
         tokens = torch.stack([*us, *its], dim=2).flatten(0, 1)  # [U*I, M, d]
         fused = self.fusion(tokens)
@@ -205,15 +229,27 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         return self.head(fused).view(n_users, n_items)
 
     # -- the Recommender interface ---------------------------------------------------
-    def forward(self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False) -> torch.Tensor:
-        """Logits ``[B, C]`` for each user in ``users [B]`` and its candidates ``items [B, C]``."""
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False, exclude_first: bool = False
+    ) -> torch.Tensor:
+        """Logits ``[B, C]`` for each user in ``users [B]`` and its candidates ``items [B, C]``.
+
+        Training passes ``exclude_first`` (column 0 is a training positive) and ``id_dropout``.
+        """
         b, c = items.shape
         # candidates repeat across a batch: project each distinct item once, then gather
         uniq, inverse = torch.unique(items.flatten(), return_inverse=True)
         item_toks = [t[inverse] for t in self._item_tokens(uniq, id_dropout)]
         uniq_users, user_inv = torch.unique(users, return_inverse=True)
-        user_toks = [t[user_inv] for t in self._user_tokens(uniq_users)]
-        return self._fuse(user_toks, item_toks, b, c, pairwise=False)
+        user_toks = [t[user_inv].unsqueeze(1).expand(b, c, -1) for t in self._user_tokens(uniq_users)]
+        if exclude_first and self.history is not None:
+            # column 0 holds the training positive, which is in the user's own history: score it
+            # against the history without it, as held-out items will be at evaluation (FISM)
+            k = self.user_modalities.index("user_history")
+            n = self._history_count(users.cpu()).unsqueeze(1)
+            first = (user_toks[k][:, 0] * n - self.item_emb(items[:, 0])) / (n - 1).clamp(min=1)
+            user_toks[k] = torch.cat([first.unsqueeze(1), user_toks[k][:, 1:]], dim=1)
+        return self._fuse([t.reshape(b * c, -1) for t in user_toks], item_toks, b, c, pairwise=False)
 
     def _fit(self, dataset: PreparedDataset) -> None:
         """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.
@@ -265,7 +301,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         users, pos, neg = batch
         items = torch.cat([pos.unsqueeze(1), neg], dim=1)
-        logits = self(users, items, id_dropout=True)
+        logits = self(users, items, id_dropout=True, exclude_first=True)
         extra = {}
         if self.loss_fn.needs_alignment:
             uniq = torch.unique(pos)
@@ -290,10 +326,11 @@ class MultimodalRecommender(L.LightningModule, Recommender):
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.trainer.datamodule.evaluate(self, "valid"))
+        # every rank evaluates the same lists: sync_dist only averages identical values
+        self.log_dict(self.trainer.datamodule.evaluate(self, "valid"), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.trainer.datamodule.evaluate(self, "test"))
+        self.log_dict(self.trainer.datamodule.evaluate(self, "test"), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

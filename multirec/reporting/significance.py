@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from multirec.eval.evaluator import EvalResult
+from multirec.eval.evaluator import list_key_columns
 from multirec.reporting.tables import Row
 
 
@@ -56,7 +56,7 @@ class PairedTest:
 
 def key_columns(split: str, protocol: str) -> tuple[str, ...]:
     """Columns identifying a list across models (the evaluator's rule)."""
-    return EvalResult(split, protocol, {}, pl.DataFrame()).key_columns
+    return list_key_columns(per_user=protocol == "full")
 
 
 def per_list(row: Row, split: str, protocol: str, metric: str) -> pl.DataFrame | str:
