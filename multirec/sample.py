@@ -1,4 +1,4 @@
-"""``python -m multirec.sample size=tiny|small|pixelrec50k [out=DIR] [seed=0] [key=value ...]``
+"""``python -m multirec.sample size=tiny|mini|small|pixelrec50k [out=DIR] [seed=0] [key=value ...]``
 
 Writes a synthetic PixelRec-format dataset (see :mod:`multirec.data.sample`), so the
 whole pipeline runs with no download.

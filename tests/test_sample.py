@@ -234,7 +234,7 @@ def test_refuses_foreign_directory_and_replaces_its_own(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": "huge"}, "valid sizes: tiny, small, pixelrec50k"),
+        ({"size": "huge"}, "valid sizes: tiny, mini, small, pixelrec50k"),
         ({"broken_share": 1.5}, "broken_share"),
         ({"misleading_share": "lots"}, "misleading_share"),
         ({"seed": -1}, "seed"),
@@ -257,7 +257,7 @@ def test_cli_reports_unknown_size_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown sample size 'huge' (key size); valid sizes: tiny, small, pixelrec50k"
+        "error: unknown sample size 'huge' (key size); valid sizes: tiny, mini, small, pixelrec50k"
     ]
 
 
