@@ -57,20 +57,12 @@ from PIL import Image
 from scipy.special import ndtri
 from tqdm import tqdm
 
+from multirec.data.config import COUNT_COLUMNS
 from multirec.errors import ConfigError
 from multirec.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-COUNT_COLUMNS = (
-    "view_number",
-    "comment_number",
-    "thumbup_number",
-    "share_number",
-    "coin_number",
-    "favorite_number",
-    "barrage_number",
-)
 # Defects injected into covers. The first four make a cover unusable; the rest are valid
 # images in modes a loader has to convert to RGB.
 COVER_DEFECTS = (
