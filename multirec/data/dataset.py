@@ -152,6 +152,15 @@ class PreparedDataset:
         m.data[:] = 1.0  # duplicates across splits collapse to one
         return m
 
+    def seen_items(self) -> np.ndarray:
+        """Bool mask over items: True where the item has a training interaction.
+
+        Items without one are cold: only content can score them.
+        """
+        seen = np.zeros(self.n_items, dtype=bool)
+        seen[self.train.items] = True
+        return seen
+
     # -- item side information -------------------------------------------------------
     def texts(self) -> list[str]:
         return self.items["text"].to_list()

@@ -130,9 +130,7 @@ class SampledProtocol(Protocol):
 
 def cold_items(dataset: PreparedDataset) -> np.ndarray:
     """Items with no training interaction (sorted indices)."""
-    seen = np.zeros(dataset.n_items, dtype=bool)
-    seen[dataset.train.items] = True
-    return np.flatnonzero(~seen)
+    return np.flatnonzero(~dataset.seen_items())
 
 
 class ColdItemsProtocol(SampledProtocol):

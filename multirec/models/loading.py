@@ -36,9 +36,7 @@ def build_item_inputs(
         feats, ok, attrs = load_features(path)
         sides[side] = (feats, ok)
         identity[side] = Path(path).name
-    seen = np.zeros(ds.n_items, dtype=bool)
-    seen[ds.train.items] = True
-    items = ItemInputs.build(ds.tag_index(), ds.numeric_features(), seen, sides["visual"], sides["text"])
+    items = ItemInputs.build(ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"])
     return items, identity
 
 

@@ -92,9 +92,7 @@ def user_index(ds: PreparedDataset, user_id: str) -> int:
 
 def cold_mask(ds: PreparedDataset) -> np.ndarray:
     """True for items with no training interaction (the model scores them from content only)."""
-    seen = np.zeros(ds.n_items, dtype=bool)
-    seen[ds.train.items] = True
-    return ~seen
+    return ~ds.seen_items()
 
 
 def recommend(
