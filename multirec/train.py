@@ -27,7 +27,7 @@ from multirec.data.pipeline import ensure_prepared
 from multirec.errors import ArtefactMismatchError, ConfigError
 from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
-from multirec.models.loading import build_item_inputs, content_matrix, hparams_difference
+from multirec.models.loading import build_item_inputs, hparams_difference
 from multirec.models.recommender import MultimodalRecommender
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
     datamodule = instantiate(
         cfg.datamodule, dataset=ds, protocols=protocols, valid_protocol=cfg.valid_protocol,
-        item_features=content_matrix(items),
+        item_features=items.content,
     )
     provenance = {
         "dataset": ds.fingerprint,

@@ -86,7 +86,7 @@ class RecDataModule(L.LightningDataModule):
         num_negatives: int = 4,
         negatives: str = "uniform",
         seed: int = 0,
-        item_features: np.ndarray | None = None,
+        item_features: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -97,7 +97,6 @@ class RecDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
-        self.item_features = item_features
         self.sampler = NegativeSampler(
             dataset.interaction_matrix("train"), num_negatives, negatives, seed, item_features=item_features
         )

@@ -49,6 +49,14 @@ class ItemInputs:
         )
 
     @property
+    def content(self) -> torch.Tensor | None:
+        """The features that define content similarity (hard negatives): text, else visual.
+
+        Returned as stored (float16, no copy); whoever needs similarities normalises them.
+        """
+        return self.text if self.text is not None else self.visual
+
+    @property
     def visual_dim(self) -> int:
         return 0 if self.visual is None else int(self.visual.shape[1])
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.data.dataset import PreparedDataset
@@ -38,15 +37,6 @@ def build_item_inputs(
         identity[side] = Path(path).name
     items = ItemInputs.build(ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"])
     return items, identity
-
-
-def content_matrix(items: ItemInputs) -> np.ndarray | None:
-    """L2-normalised content features (text, else visual) for similarity-based uses."""
-    x = items.text if items.text is not None else items.visual
-    if x is None:
-        return None
-    x = x.float()
-    return torch.nn.functional.normalize(x, dim=1).numpy()
 
 
 def _comparable(hparams: dict) -> dict:
