@@ -40,8 +40,9 @@ fusion: $(STAMP) ## concat / gated / attention fusion x 3 seeds
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(PY) -m pytest tests
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check multirec tests
+	$(VENV)/bin/ruff format --check multirec tests
 
 sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one under outputs/data
 	$(PY) -m multirec.sample size=small

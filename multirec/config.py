@@ -33,4 +33,6 @@ def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) ->
         msg = str(exc).splitlines()[0]
         if "missing mandatory value" in msg:
             msg = f"a value is required (pass {where}.{key}=...)"
-        raise ConfigError(f"config {where}.{key}: {msg}".replace(f"{where}.:", f"{where}:")) from None
+        raise ConfigError(
+            f"config {where}.{key}: {msg}".replace(f"{where}.:", f"{where}:")
+        ) from None

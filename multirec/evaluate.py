@@ -39,12 +39,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = load_model(cfg, dataset)
     protocol = instantiate(cfg.eval)
     result = evaluate(
-        model, dataset, protocol, cfg.split, item_features=tag_features(dataset), batch_size=cfg.batch_size
+        model,
+        dataset,
+        protocol,
+        cfg.split,
+        item_features=tag_features(dataset),
+        batch_size=cfg.batch_size,
     )
     lists = protocol.lists(dataset, cfg.split)
     provenance = {
         "model": model.name,
-        "source": {"ckpt_path": cfg.ckpt_path} if cfg.ckpt_path is not None
+        "source": {"ckpt_path": cfg.ckpt_path}
+        if cfg.ckpt_path is not None
         else {"baseline": OmegaConf.to_container(cfg.baseline, resolve=True)},
         "protocol": OmegaConf.to_container(cfg.eval, resolve=True),
         "split": cfg.split,

@@ -24,7 +24,8 @@ def summary(ds: PreparedDataset) -> str:
         f"users             {ds.n_users:,}",
         f"items             {ds.n_items:,}",
         f"interactions      {n_inter:,}  (density {n_inter / max(ds.n_users * ds.n_items, 1):.4%})",
-        "splits            " + ", ".join(f"{k} {m['split_sizes'][k]:,}" for k in ("train", "valid", "test")),
+        "splits            "
+        + ", ".join(f"{k} {m['split_sizes'][k]:,}" for k in ("train", "valid", "test")),
         f"tags              {ds.n_tags - 1:,} (+ shared rare id)",
         "counts:",
     ]

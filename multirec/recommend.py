@@ -23,12 +23,16 @@ from multirec.reporting.inspect import checkpoint_dataset, recommend, user_index
 
 def format_recommendations(recs: pl.DataFrame, title_width: int = 50) -> str:
     """Aligned plain-text lines, titles cut to ``title_width`` characters."""
-    lines = [f"{'rank':>4}  {'item_id':<12} {'score':>8} {'prob':>7}  {'cold':<5} {'held_out':<8}  title"]
+    lines = [
+        f"{'rank':>4}  {'item_id':<12} {'score':>8} {'prob':>7}  {'cold':<5} {'held_out':<8}  title"
+    ]
     for r in recs.iter_rows(named=True):
         title = (r["title"] or "").replace("\n", " ")
         title = title if len(title) <= title_width else title[: title_width - 1] + "\u2026"
-        lines.append(f"{r['rank']:>4}  {r['item_id']:<12} {r['score']:>8.4f} {r['probability']:>7.2%}  "
-                     f"{str(r['cold']).lower():<5} {str(r['held_out']).lower():<8}  {title}")
+        lines.append(
+            f"{r['rank']:>4}  {r['item_id']:<12} {r['score']:>8.4f} {r['probability']:>7.2%}  "
+            f"{str(r['cold']).lower():<5} {str(r['held_out']).lower():<8}  {title}"
+        )
     return "\n".join(lines)
 
 
@@ -36,7 +40,9 @@ def run(cfg: DictConfig) -> pl.DataFrame:
     """Recommend for the configured user; print the list and write ``recommendations.csv``."""
     for key in ("ckpt_path", "user"):
         if cfg[key] is None:
-            raise ConfigError(f"{key}= is required, e.g. python -m multirec.recommend ckpt_path=.../best.ckpt user=u123")
+            raise ConfigError(
+                f"{key}= is required, e.g. python -m multirec.recommend ckpt_path=.../best.ckpt user=u123"
+            )
     ds = checkpoint_dataset(cfg.ckpt_path, cfg.paths.prepared_dir)
     user_index(ds, str(cfg.user))  # an unknown user fails before the model is built
     from multirec.models.loading import load_checkpoint
@@ -45,8 +51,14 @@ def run(cfg: DictConfig) -> pl.DataFrame:
     recs = recommend(model, ds, str(cfg.user), int(cfg.k), include_cold=bool(cfg.include_cold))
     out = Path(cfg.paths.output_dir) / "recommendations.csv"
     atomic_write_bytes(out, recs.write_csv().encode())
-    cold = "" if cfg.include_cold else "; cold items, without training interactions, excluded: include_cold=true adds them"
-    print(f"top {len(recs)} items for user {cfg.user} on {ds.root.name} (training items excluded{cold}):")
+    cold = (
+        ""
+        if cfg.include_cold
+        else "; cold items, without training interactions, excluded: include_cold=true adds them"
+    )
+    print(
+        f"top {len(recs)} items for user {cfg.user} on {ds.root.name} (training items excluded{cold}):"
+    )
     print(format_recommendations(recs))
     print(f"written to {out}")
     return recs

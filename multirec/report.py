@@ -23,12 +23,20 @@ def run(cfg: DictConfig) -> Report:
     figures = None
     if cfg.figures:
         figures = CheckpointFigures(
-            protocol=instantiate(cfg.eval), ckpt_path=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
-            device=cfg.device, examples=cfg.examples, max_lists=cfg.max_lists,
+            protocol=instantiate(cfg.eval),
+            ckpt_path=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
+            device=cfg.device,
+            examples=cfg.examples,
+            max_lists=cfg.max_lists,
         )
     report = build_report(
-        cfg.runs, cfg.out, prepared_dir=cfg.paths.prepared_dir, cache_dir=cfg.paths.cache_dir,
-        split=cfg.split, dataset=cfg.dataset, figures=figures,
+        cfg.runs,
+        cfg.out,
+        prepared_dir=cfg.paths.prepared_dir,
+        cache_dir=cfg.paths.cache_dir,
+        split=cfg.split,
+        dataset=cfg.dataset,
+        figures=figures,
     )
     print((Path(report.out) / "report.md").read_text())
     print(f"report written to {report.out} ({len(report.files)} files)")

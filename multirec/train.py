@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 def _choices() -> dict[str, str]:
     try:
-        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+        return {
+            k: str(v)
+            for k, v in HydraConfig.get().runtime.choices.items()
+            if not k.startswith("hydra")
+        }
     except ValueError:  # composed outside a Hydra app (tests)
         return {}
 
@@ -44,7 +48,9 @@ def check_resume(ckpt_path: str, model: MultimodalRecommender) -> None:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     diff = hparams_difference(dict(ckpt.get("hyper_parameters", {})), dict(model.hparams))
     if diff:
-        raise ArtefactMismatchError(f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})")
+        raise ArtefactMismatchError(
+            f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})"
+        )
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -54,7 +60,10 @@ def check_launch(cfg: DictConfig) -> None:
     multirun each of them would re-run the whole sweep. Processes that SLURM
     (``hydra/launcher=slurm``) or torchrun start are fine.
     """
-    if not str(cfg.trainer.get("strategy", "")).startswith("ddp") or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if (
+        not str(cfg.trainer.get("strategy", "")).startswith("ddp")
+        or HydraConfig.get().mode != RunMode.MULTIRUN
+    ):
         return
     if not (SLURMEnvironment.detect() or TorchElasticEnvironment.detect()):
         raise ConfigError(
@@ -75,7 +84,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
     datamodule = instantiate(
-        cfg.datamodule, dataset=ds, protocols=protocols, valid_protocol=cfg.valid_protocol,
+        cfg.datamodule,
+        dataset=ds,
+        protocols=protocols,
+        valid_protocol=cfg.valid_protocol,
         item_features=items.content,
     )
     provenance = {
@@ -85,10 +97,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "choices": _choices(),
     }
     model = MultimodalRecommender(
-        n_users=ds.n_users, n_items=ds.n_items, n_tags=ds.n_tags, n_numeric=len(ds.numeric_columns),
-        visual_dim=items.visual_dim, text_dim=items.text_dim,
-        fusion=OmegaConf.to_container(cfg.fusion, resolve=True), loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        provenance=provenance, **cfg.model,
+        n_users=ds.n_users,
+        n_items=ds.n_items,
+        n_tags=ds.n_tags,
+        n_numeric=len(ds.numeric_columns),
+        visual_dim=items.visual_dim,
+        text_dim=items.text_dim,
+        fusion=OmegaConf.to_container(cfg.fusion, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        provenance=provenance,
+        **cfg.model,
     )
     model.bind(ds)
     model.attach_items(items, ds.interaction_matrix("train"))
@@ -125,14 +143,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(out_dir / "comparison.json", comparison)
     for logger in loggers if trainer.is_global_zero else []:  # other ranks hold no W&B run
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update({k: v for k, v in metrics.items() if k.startswith("test/")})
+            logger.experiment.summary.update(
+                {k: v for k, v in metrics.items() if k.startswith("test/")}
+            )
     return {**run, "metrics": metrics, "comparison": comparison}
 
 
 def results_table(result: dict[str, Any]) -> str:
     """Test metrics of the model beside the baselines scored on the same candidates."""
     choices = result["choices"]
-    label = "+".join(choices[k] for k in ("encoder", "fusion", "loss") if k in choices) or result["model"]
+    label = (
+        "+".join(choices[k] for k in ("encoder", "fusion", "loss") if k in choices)
+        or result["model"]
+    )
     tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
     return format_tables([(label, tests), *result["comparison"].items()])
 
@@ -141,7 +164,9 @@ def results_table(result: dict[str, Any]) -> str:
 @user_errors
 def main(cfg: DictConfig) -> float | None:
     if cfg.optimized_metric is None:
-        raise ConfigError("optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10")
+        raise ConfigError(
+            "optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10"
+        )
     check_launch(cfg)
     result = train(cfg)
     print_summary(result)
@@ -155,7 +180,9 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"best checkpoint: {result['best_checkpoint']}")
     wandb_dir = Path(result["run_dir"]) / "wandb"
     if wandb_dir.exists():
-        print(f"W&B offline run: {wandb_dir}  (upload later with `wandb sync {wandb_dir}/offline-run-*`)")
+        print(
+            f"W&B offline run: {wandb_dir}  (upload later with `wandb sync {wandb_dir}/offline-run-*`)"
+        )
 
 
 if __name__ == "__main__":

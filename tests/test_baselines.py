@@ -18,12 +18,18 @@ from multirec.eval.protocols import SampledProtocol
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return synthetic_prepared(tmp_path_factory.mktemp("b") / "p", n_users=400, n_items=120,
-                              mean_per_user=10, seed=3)
+    return synthetic_prepared(
+        tmp_path_factory.mktemp("b") / "p", n_users=400, n_items=120, mean_per_user=10, seed=3
+    )
 
 
-ALL = [RandomRecommender(seed=1), MostPopular(), ItemKNN(k=20), UserKNN(k=20),
-       BPRMF(factors=8, epochs=3, batch_size=512)]
+ALL = [
+    RandomRecommender(seed=1),
+    MostPopular(),
+    ItemKNN(k=20),
+    UserKNN(k=20),
+    BPRMF(factors=8, epochs=3, batch_size=512),
+]
 
 
 @pytest.mark.parametrize("model", ALL, ids=lambda m: m.name)
@@ -95,15 +101,21 @@ def test_knn_scores_match_the_dense_formulas(ds):
     item = ItemKNN(k=10, shrink=5.0).fit(ds)
     user = UserKNN(k=10, shrink=5.0).fit(ds)
     users = torch.arange(30)
-    np.testing.assert_allclose(item.score_all(users).numpy(), x[:30] @ item.right.toarray(), rtol=1e-5)
-    np.testing.assert_allclose(user.score_all(users).numpy(), user.sim.toarray()[:30] @ x, rtol=1e-5)
+    np.testing.assert_allclose(
+        item.score_all(users).numpy(), x[:30] @ item.right.toarray(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        user.score_all(users).numpy(), user.sim.toarray()[:30] @ x, rtol=1e-5
+    )
 
 
 def test_bprmf_learns_and_is_deterministic(ds):
     a = BPRMF(factors=16, epochs=8, lr=0.1, reg=0.01, batch_size=2048, seed=1).fit(ds)
     assert a.epoch_losses[-1] < a.epoch_losses[0] - 0.1
     b = BPRMF(factors=16, epochs=8, lr=0.1, reg=0.01, batch_size=2048, seed=1).fit(ds)
-    torch.testing.assert_close(a.score_all(torch.arange(5)), b.score_all(torch.arange(5)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        a.score_all(torch.arange(5)), b.score_all(torch.arange(5)), rtol=0, atol=0
+    )
     p = SampledProtocol(user_fraction=1.0)
     rand = evaluate(RandomRecommender().fit(ds), ds, p, "test").metrics["test/sampled/ndcg@10"]
     assert evaluate(a, ds, p, "test").metrics["test/sampled/ndcg@10"] > rand + 0.05

@@ -25,8 +25,15 @@ from multirec.features.cache import (
 )
 
 N, DIM, CHUNK = 10, 6, 4
-ATTRS = {"dataset_fingerprint": "d" * 64, "encoder_fingerprint": "e" * 64, "chunk_rows": CHUNK, "n_items": N,
-         "encoder": {"model": "m"}, "model": "m", "modality": "visual"}
+ATTRS = {
+    "dataset_fingerprint": "d" * 64,
+    "encoder_fingerprint": "e" * 64,
+    "chunk_rows": CHUNK,
+    "n_items": N,
+    "encoder": {"model": "m"},
+    "model": "m",
+    "modality": "visual",
+}
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +45,13 @@ def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return feats, status
 
 
-def write(final: Path, feats: np.ndarray, status: np.ndarray, dtype: str = "float16", stop_after: int | None = None):
+def write(
+    final: Path,
+    feats: np.ndarray,
+    status: np.ndarray,
+    dtype: str = "float16",
+    stop_after: int | None = None,
+):
     w = ShardWriter.open(final.with_name(final.name + ".partial"), 0, N, DIM, dtype, ATTRS)
     for i, a in enumerate(range(w.rows_done, N, CHUNK)):
         if stop_after is not None and i == stop_after:
@@ -69,7 +82,12 @@ def test_roundtrip_layout_and_attributes(final, dtype):
     np.testing.assert_allclose(got, feats, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(valid, status == OK)
     assert not got[~valid].any()
-    assert attrs["status_counts"] == {"ok": 8, "missing_cover": 1, "undecodable_cover": 1, "empty_text": 0}
+    assert attrs["status_counts"] == {
+        "ok": 8,
+        "missing_cover": 1,
+        "undecodable_cover": 1,
+        "empty_text": 0,
+    }
     assert attrs["complete"] == 1 and attrs["rows_done"] == N and attrs["dim"] == DIM
     assert attrs["encoder"] == {"model": "m"} and attrs["dataset_fingerprint"] == "d" * 64
     with h5py.File(final) as f:
@@ -119,10 +137,17 @@ def test_truncated_or_garbled_file_is_refused_naming_file_and_rebuild(final):
     write(final, feats, status)
     good = final.read_bytes()
     final.write_bytes(good[: len(good) // 2])
-    for check in (lambda: load_features(final), lambda: check_finished(final, "d" * 64, "e" * 64, N)):
+    for check in (
+        lambda: load_features(final),
+        lambda: check_finished(final, "d" * 64, "e" * 64, N),
+    ):
         with pytest.raises(CorruptCacheError) as err:
             check()
-        assert str(final) in str(err.value) and "rebuild=true" in str(err.value) and "\n" not in str(err.value)
+        assert (
+            str(final) in str(err.value)
+            and "rebuild=true" in str(err.value)
+            and "\n" not in str(err.value)
+        )
     final.write_bytes(b"\0" * 64 + good[64:])
     with pytest.raises(CorruptCacheError, match="rebuild=true"):
         load_features(final)
@@ -162,7 +187,9 @@ def test_lazy_reader_is_picklable_and_works_in_forked_workers(final):
     write(final, feats, status)
     whole = load_features(final)[0].astype(np.float32)
     reader = FeatureReader(final)
-    np.testing.assert_array_equal(reader[np.array([5, 1, 5])], whole[[5, 1, 5]])  # opened in this process
+    np.testing.assert_array_equal(
+        reader[np.array([5, 1, 5])], whole[[5, 1, 5]]
+    )  # opened in this process
     clone = pickle.loads(pickle.dumps(reader))
     assert clone._map is None
     np.testing.assert_array_equal(clone.valid, status == OK)

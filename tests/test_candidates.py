@@ -18,7 +18,9 @@ from multirec.eval.protocols import ColdItemsProtocol, FullProtocol, SampledProt
 
 @pytest.fixture
 def ds(tmp_path):
-    return synthetic_prepared(tmp_path / "prepared", n_users=300, n_items=200, mean_per_user=12, seed=1)
+    return synthetic_prepared(
+        tmp_path / "prepared", n_users=300, n_items=200, mean_per_user=12, seed=1
+    )
 
 
 def test_sampled_lists_are_the_papers(ds):
@@ -119,8 +121,12 @@ def cold_dataset(tmp_path):
     test_i = np.arange(40) % 10
     valid_u = np.array([0, 0, 0, 0, 0])
     valid_i = np.array([5, 6, 7, 8, 9])
-    return write_prepared(tmp_path / "cold", 40, 60,
-                          {"train": (users, items), "valid": (valid_u, valid_i), "test": (test_u, test_i)})
+    return write_prepared(
+        tmp_path / "cold",
+        40,
+        60,
+        {"train": (users, items), "valid": (valid_u, valid_i), "test": (test_u, test_i)},
+    )
 
 
 def test_cold_items_lists(tmp_path):

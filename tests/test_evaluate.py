@@ -29,12 +29,15 @@ from tests.conftest import compose_cfg
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return synthetic_prepared(tmp_path_factory.mktemp("e") / "p", n_users=2000, n_items=300,
-                              mean_per_user=12, seed=5)
+    return synthetic_prepared(
+        tmp_path_factory.mktemp("e") / "p", n_users=2000, n_items=300, mean_per_user=12, seed=5
+    )
 
 
 def test_random_ranker_end_to_end_on_its_expectations(ds):
-    res = evaluate(RandomRecommender(seed=3).fit(ds), ds, SampledProtocol(user_fraction=1.0), "test")
+    res = evaluate(
+        RandomRecommender(seed=3).fit(ds), ds, SampledProtocol(user_fraction=1.0), "test"
+    )
     n = res.metrics["test/sampled/n_lists"]
     assert n > 2000
     for name, expected in (("recall@10", 10 / 21), ("ndcg@10", 0.2164), ("mrr@10", 0.1395)):
@@ -76,7 +79,10 @@ def test_users_without_history_and_unseen_items_are_counted_not_dropped(tmp_path
     test = (np.array([0, 1, 2, 3, 3]), np.array([4, 5, 4, 0, 5]))
     d = write_prepared(tmp_path / "p", 4, 30, {"train": train, "test": test})
     model = MostPopular().fit(d)
-    for protocol, lists, no_hist in ((SampledProtocol(user_fraction=1.0), 5, 2), (FullProtocol(), 4, 1)):
+    for protocol, lists, no_hist in (
+        (SampledProtocol(user_fraction=1.0), 5, 2),
+        (FullProtocol(), 4, 1),
+    ):
         m = evaluate(model, d, protocol, "test").metrics
         p = f"test/{protocol.name}/"
         assert m[p + "n_lists"] == lists
@@ -130,8 +136,12 @@ def test_unknown_keys_are_errors(tmp_path):
 
 
 def test_format_tables():
-    text = format_tables([("A", {"test/sampled/ndcg@10": 0.5, "test/sampled/n_lists": 3}),
-                          ("B", {"test/full/ndcg@10": 0.25, "test/full/n_lists": 2})])
+    text = format_tables(
+        [
+            ("A", {"test/sampled/ndcg@10": 0.5, "test/sampled/n_lists": 3}),
+            ("B", {"test/full/ndcg@10": 0.25, "test/full/n_lists": 2}),
+        ]
+    )
     assert "test/sampled (3 lists)" in text and "test/full (2 lists)" in text
     assert "| A     |  0.5000 |" in text and "| B     |  0.2500 |" in text
 
@@ -139,10 +149,22 @@ def test_format_tables():
 def test_multirun_prints_one_table_per_protocol(tmp_path):
     env = {**os.environ, "MULTIREC_ROOT": str(tmp_path)}
     out = subprocess.run(
-        [sys.executable, "-m", "multirec.evaluate", "-m", "data=tiny", "baseline=random,mostpop",
-         "eval=sampled,full"], env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "multirec.evaluate",
+            "-m",
+            "data=tiny",
+            "baseline=random,mostpop",
+            "eval=sampled,full",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    tables = out[out.rindex("test/full ("):]
+    tables = out[out.rindex("test/full (") :]
     assert "test/sampled (" in tables
     assert tables.count("| Random") == 2 and tables.count("| MostPopular") == 2
     assert list(tmp_path.glob("outputs/multirun/evaluate/*/table.md"))

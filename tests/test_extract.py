@@ -44,7 +44,7 @@ def prepared_dataset(root: Path, seed: int = 0) -> PreparedDataset:
     """18 items; after preparation one cover is deleted, one garbled, one item has no text."""
     raw = write_raw(root / "raw", n_users=30, n_items=18, per_user=8, seed=seed)
     info = raw / "item_info.csv"
-    info.write_text(info.read_text().replace('"Title 3",tag0,"<b>desc</b> 3"', ',,'))
+    info.write_text(info.read_text().replace('"Title 3",tag0,"<b>desc</b> 3"', ",,"))
     cfg = DataConfig(name="t", root=str(raw))
     cfg.covers.min_side, cfg.covers.workers, cfg.tags.min_count, cfg.kcore = 16, 1, 1, 3
     ds = prepare(cfg, root / "prepared", progress=False)
@@ -68,16 +68,22 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def encoders(models: dict[str, Path], root: Path, *overrides: str):
     cfg = compose_cfg(
         "extract",
-        ["encoder=clip_bert", f"encoder.visual.path={models['visual']}", f"encoder.text.path={models['text']}",
-         *overrides],
+        [
+            "encoder=clip_bert",
+            f"encoder.visual.path={models['visual']}",
+            f"encoder.text.path={models['text']}",
+            *overrides,
+        ],
         root,
     )
     return cfg.encoder
 
 
 def build(ds, enc_cfg, cache_dir: Path, **kw) -> dict[str, Path]:
-    return {side: ensure_cache(ds, enc_cfg[side], cache_dir, chunk_rows=CHUNK, progress=False, **kw)
-            for side in ("visual", "text")}
+    return {
+        side: ensure_cache(ds, enc_cfg[side], cache_dir, chunk_rows=CHUNK, progress=False, **kw)
+        for side in ("visual", "text")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +111,14 @@ def test_every_item_is_encoded_and_unusable_ones_are_marked(ds, reference):
         if side == "visual":
             from PIL import Image
 
-            want = encode_images(encoder, [Image.open(ds.cover_paths()[i]).convert("RGB") for i in rows])
+            want = encode_images(
+                encoder, [Image.open(ds.cover_paths()[i]).convert("RGB") for i in rows]
+            )
         else:
             want = encode_texts(encoder, [ds.texts()[i] for i in rows])
-        np.testing.assert_allclose(feats[rows].astype(np.float32), want.numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            feats[rows].astype(np.float32), want.numpy(), rtol=2e-3, atol=2e-3
+        )
 
 
 def test_second_call_is_a_cache_hit_without_loading_the_model(ds, reference, monkeypatch, caplog):
@@ -200,17 +210,24 @@ for side in ("visual", "text"):
 """
 
 
-def child(mode: str, ds, enc_cfg, tmp_path: Path, cache_dir: Path, env: dict | None = None) -> subprocess.Popen:
+def child(
+    mode: str, ds, enc_cfg, tmp_path: Path, cache_dir: Path, env: dict | None = None
+) -> subprocess.Popen:
     cfg_file = tmp_path / "encoder.yaml"
     OmegaConf.save(enc_cfg, cfg_file)
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, mode, str(ds.root), str(cfg_file), str(cache_dir)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
-def test_run_killed_with_sigkill_resumes_and_matches_uninterrupted_run(ds, reference, tmp_path, caplog):
+def test_run_killed_with_sigkill_resumes_and_matches_uninterrupted_run(
+    ds, reference, tmp_path, caplog
+):
     enc_cfg, paths = reference
     cache_dir = tmp_path / "cache"
     proc = child("kill", ds, enc_cfg, tmp_path, cache_dir)
@@ -235,14 +252,27 @@ def test_two_processes_store_the_same_features_as_one(ds, reference, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        child("dist", ds, enc_cfg, tmp_path, cache_dir, {
-            "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        child(
+            "dist",
+            ds,
+            enc_cfg,
+            tmp_path,
+            cache_dir,
+            {
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+        )
         for r in range(2)
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert sorted(x.name for x in cache_dir.iterdir()) == sorted(p.name for p in paths.values())  # shards merged away
+    assert sorted(x.name for x in cache_dir.iterdir()) == sorted(
+        p.name for p in paths.values()
+    )  # shards merged away
     for side in ("visual", "text"):
         got, want = load_features(cache_dir / paths[side].name), load_features(paths[side])
         np.testing.assert_array_equal(got[0], want[0])
@@ -250,7 +280,9 @@ def test_two_processes_store_the_same_features_as_one(ds, reference, tmp_path):
         assert got[2]["world_size"] == 2
 
 
-def test_unwritable_or_full_disk_fails_cleanly_and_leaves_nothing_finished(ds, reference, tmp_path, monkeypatch):
+def test_unwritable_or_full_disk_fails_cleanly_and_leaves_nothing_finished(
+    ds, reference, tmp_path, monkeypatch
+):
     enc_cfg, paths = reference
     cache_dir = tmp_path / "cache"
     import multirec.features.extraction as ex
@@ -282,12 +314,31 @@ def test_unwritable_or_full_disk_fails_cleanly_and_leaves_nothing_finished(ds, r
 
 
 def test_entry_point_builds_then_reuses(models, tmp_path):
-    args = [sys.executable, "-m", "multirec.extract", "data=tiny", "encoder=clip_bert",
-            f"encoder.visual.path={models['visual']}", f"encoder.text.path={models['text']}",
-            f"paths.root_dir={tmp_path}", "num_workers=0", "progress=false"]
-    runs = [subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600) for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "multirec.extract",
+        "data=tiny",
+        "encoder=clip_bert",
+        f"encoder.visual.path={models['visual']}",
+        f"encoder.text.path={models['text']}",
+        f"paths.root_dir={tmp_path}",
+        "num_workers=0",
+        "progress=false",
+    ]
+    runs = [
+        subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        for _ in range(2)
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
-    printed = [dict(ln.split(maxsplit=1) for ln in r.stdout.splitlines() if ln.startswith(("visual ", "text "))) for r in runs]
+    printed = [
+        dict(
+            ln.split(maxsplit=1)
+            for ln in r.stdout.splitlines()
+            if ln.startswith(("visual ", "text "))
+        )
+        for r in runs
+    ]
     assert printed[0] == printed[1] and set(printed[0]) == {"visual", "text"}
     for path in printed[0].values():
         assert Path(path).is_file() and Path(path).parent == tmp_path / "outputs" / "cache"

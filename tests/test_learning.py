@@ -28,15 +28,24 @@ METRIC = "test/sampled/ndcg@10"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
-    raw = generate_sample(root / "raw", size="mini", seed=3, misleading_share=0.8, broken_share=0.0,
-                          covers=False, progress=False)
+    raw = generate_sample(
+        root / "raw",
+        size="mini",
+        seed=3,
+        misleading_share=0.8,
+        broken_share=0.0,
+        covers=False,
+        progress=False,
+    )
     (raw / "covers").mkdir(exist_ok=True)
     cfg = DataConfig(name="learn", root=str(raw))
     cfg.covers.policy = "keep"
     ds = prepare(cfg, root / "prepared", progress=False)
-    topics = pl.read_csv(raw / "_topics.csv").join(
-        pl.DataFrame({"item_id": ds.item_ids, "order": np.arange(ds.n_items)}), on="item_id"
-    ).sort("order")
+    topics = (
+        pl.read_csv(raw / "_topics.csv")
+        .join(pl.DataFrame({"item_id": ds.item_ids, "order": np.arange(ds.n_items)}), on="item_id")
+        .sort("order")
+    )
     rng = np.random.default_rng(0)
     n_topics = int(topics["topic"].max()) + 1
 
@@ -53,22 +62,42 @@ def train_and_test(ds, visual, text, epochs: int = 6) -> float:
     seen[ds.train.items] = True
     ok = np.ones(ds.n_items, dtype=bool)
     items = ItemInputs.build(
-        ds.tag_index(), ds.numeric_features(), seen,
-        None if visual is None else (visual, ok), None if text is None else (text, ok),
+        ds.tag_index(),
+        ds.numeric_features(),
+        seen,
+        None if visual is None else (visual, ok),
+        None if text is None else (text, ok),
     )
     model = MultimodalRecommender(
-        n_users=ds.n_users, n_items=ds.n_items, n_tags=ds.n_tags, n_numeric=len(ds.numeric_columns),
-        visual_dim=items.visual_dim, text_dim=items.text_dim,
+        n_users=ds.n_users,
+        n_items=ds.n_items,
+        n_tags=ds.n_tags,
+        n_numeric=len(ds.numeric_columns),
+        visual_dim=items.visual_dim,
+        text_dim=items.text_dim,
         fusion={"_target_": "multirec.models.fusion.AttentionFusion"},
         loss={"_target_": "multirec.models.losses.BCELoss"},
-        use_tags=False, use_numeric=False, dim=32, projection_hidden=64, head_hidden=64, lr=1e-2, dropout=0.0,
+        use_tags=False,
+        use_numeric=False,
+        dim=32,
+        projection_hidden=64,
+        head_hidden=64,
+        lr=1e-2,
+        dropout=0.0,
     )
     model.bind(ds)
     model.attach_items(items, ds.interaction_matrix("train"))
     protocols = {"sampled": SampledProtocol()}
     dm = RecDataModule(ds, protocols=protocols, batch_size=256, num_negatives=4, seed=0)
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=epochs)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=epochs,
+    )
     trainer.fit(model, datamodule=dm)
     return dm.evaluate(model, "test")[METRIC]
 
@@ -85,7 +114,9 @@ def test_model_beats_popularity_and_text_beats_misleading_covers(world):
     visual_only = train_and_test(ds, visual, None)
     pop = baseline(ds, MostPopular())
     rnd = baseline(ds, RandomRecommender(seed=0))
-    print(f"full {full:.3f} text {text_only:.3f} visual {visual_only:.3f} pop {pop:.3f} random {rnd:.3f}")
+    print(
+        f"full {full:.3f} text {text_only:.3f} visual {visual_only:.3f} pop {pop:.3f} random {rnd:.3f}"
+    )
     assert abs(rnd - 0.2164) < 0.05  # random ranker sits on its expectation
     assert pop > rnd
     assert full > pop + 0.05, (full, pop)

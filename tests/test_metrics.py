@@ -40,7 +40,9 @@ def metrics_of(
 
 def brute_force(scores: list[float], positives: list[int], k: int) -> dict[str, float]:
     """Average the textbook metrics over every order of the tied items."""
-    groups = [sorted(i for i, x in enumerate(scores) if x == v) for v in sorted(set(scores), reverse=True)]
+    groups = [
+        sorted(i for i, x in enumerate(scores) if x == v) for v in sorted(set(scores), reverse=True)
+    ]
     totals = dict.fromkeys(("recall", "ndcg", "hitrate", "mrr"), 0.0)
     orders = list(itertools.product(*(itertools.permutations(g) for g in groups)))
     ideal = sum(1 / math.log2(r + 1) for r in range(1, min(len(positives), k) + 1))
@@ -101,7 +103,12 @@ def test_matches_brute_force_over_tie_orders():
         for k in KS:
             want = brute_force(scores, positives, k)
             for name, value in want.items():
-                assert got[f"{name}@{k}"][0] == pytest.approx(value, abs=1e-12), (scores, positives, name, k)
+                assert got[f"{name}@{k}"][0] == pytest.approx(value, abs=1e-12), (
+                    scores,
+                    positives,
+                    name,
+                    k,
+                )
 
 
 def test_position_of_the_positive_in_the_list_does_not_matter():
@@ -122,7 +129,9 @@ def test_masked_items_are_neither_above_nor_tied():
 def test_counts_below_the_depth_are_bounds_and_ties_at_the_cut_are_exact():
     s = torch.tensor([[9.0, 8.0, 5.0, 5.0, 5.0, 5.0, 1.0]])
     top = torch.topk(s, 3, dim=1).values  # 9, 8, 5: the tie group of 5s spills below
-    above, tied, beyond = rank_positives(s, top, torch.zeros(3, dtype=torch.long), torch.tensor([2, 6, 1]))
+    above, tied, beyond = rank_positives(
+        s, top, torch.zeros(3, dtype=torch.long), torch.tensor([2, 6, 1])
+    )
     assert above.tolist() == [2, 3, 1] and tied.tolist() == [3, 0, 0]
     assert beyond.tolist() == [False, True, False]
     ranks = PositiveRanks(torch.zeros(3, dtype=torch.long), above, tied, beyond, 1)
@@ -143,9 +152,16 @@ def test_random_ranker_lands_on_its_expectations():
     gen = torch.Generator().manual_seed(0)
     scores = torch.rand(n, 21, generator=gen)
     rows = torch.arange(n)
-    counts = rank_positives(scores, torch.topk(scores, 10, dim=1).values, rows, torch.zeros_like(rows))
+    counts = rank_positives(
+        scores, torch.topk(scores, 10, dim=1).values, rows, torch.zeros_like(rows)
+    )
     m = accuracy_metrics(PositiveRanks(rows, *counts, n), torch.ones(n), (5, 10))
-    for name, expected in (("recall@10", 10 / 21), ("ndcg@10", 0.2164), ("mrr@10", 0.1395), ("recall@5", 5 / 21)):
+    for name, expected in (
+        ("recall@10", 10 / 21),
+        ("ndcg@10", 0.2164),
+        ("mrr@10", 0.1395),
+        ("recall@5", 5 / 21),
+    ):
         se = float(m[name].std()) / math.sqrt(n)
         assert abs(float(m[name].mean()) - expected) < 4 * se, name
 

@@ -22,27 +22,42 @@ def items(visual: bool = True, text: bool = True) -> ItemInputs:
     ok = np.ones(N_ITEMS, dtype=bool)
     ok[0] = False
     return ItemInputs.build(
-        rng.integers(0, N_TAGS, N_ITEMS), rng.normal(size=(N_ITEMS, 7)), np.arange(N_ITEMS) < 9,
+        rng.integers(0, N_TAGS, N_ITEMS),
+        rng.normal(size=(N_ITEMS, 7)),
+        np.arange(N_ITEMS) < 9,
         (rng.normal(size=(N_ITEMS, DV)), ok) if visual else None,
         (rng.normal(size=(N_ITEMS, DT)), ok) if text else None,
     )
 
 
-def model_from(tmp_path, overrides: list[str], visual: bool = True, text: bool = True) -> MultimodalRecommender:
+def model_from(
+    tmp_path, overrides: list[str], visual: bool = True, text: bool = True
+) -> MultimodalRecommender:
     cfg = compose_cfg("train", overrides, tmp_path)
     m = MultimodalRecommender(
-        n_users=N_USERS, n_items=N_ITEMS, n_tags=N_TAGS, n_numeric=7, visual_dim=DV if visual else 0,
-        text_dim=DT if text else 0, fusion=OmegaConf.to_container(cfg.fusion), loss=OmegaConf.to_container(cfg.loss),
+        n_users=N_USERS,
+        n_items=N_ITEMS,
+        n_tags=N_TAGS,
+        n_numeric=7,
+        visual_dim=DV if visual else 0,
+        text_dim=DT if text else 0,
+        fusion=OmegaConf.to_container(cfg.fusion),
+        loss=OmegaConf.to_container(cfg.loss),
         **cfg.model,
     )
     import scipy.sparse as sp
 
-    train = sp.csr_matrix((np.ones(N_USERS), (np.arange(N_USERS), np.arange(N_USERS))), shape=(N_USERS, N_ITEMS))
+    train = sp.csr_matrix(
+        (np.ones(N_USERS), (np.arange(N_USERS), np.arange(N_USERS))), shape=(N_USERS, N_ITEMS)
+    )
     m.attach_items(items(visual, text), train)
     return m
 
 
-@pytest.mark.parametrize(("name", "cls"), [("concat", F.ConcatFusion), ("gated", F.GatedFusion), ("attention", F.AttentionFusion)])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("concat", F.ConcatFusion), ("gated", F.GatedFusion), ("attention", F.AttentionFusion)],
+)
 def test_configured_fusion_is_the_one_that_runs(tmp_path, name, cls):
     m = model_from(tmp_path, [f"fusion={name}"])
     assert type(m.fusion) is cls
@@ -100,7 +115,11 @@ def test_cold_items_use_shared_vector(tmp_path):
 
 
 def _batch():
-    return torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3]), torch.tensor([[5, 6], [6, 7], [7, 8], [8, 5]])
+    return (
+        torch.tensor([0, 1, 2, 3]),
+        torch.tensor([0, 1, 2, 3]),
+        torch.tensor([[5, 6], [6, 7], [7, 8], [8, 5]]),
+    )
 
 
 @pytest.mark.parametrize("loss", ["bce", "bpr", "bce_contrastive"])
@@ -122,7 +141,9 @@ def test_contrastive_alignment_reaches_the_scoring_projections(tmp_path):
     m = model_from(tmp_path, ["loss=bce_contrastive", "loss.alpha=1.0", "fusion=concat"])
     m.log = m.log_dict = lambda *a, **k: None
     m.training_step(_batch(), 0).backward()
-    assert m.visual_proj[0].weight.grad.abs().sum() > 0 and m.text_proj[0].weight.grad.abs().sum() > 0
+    assert (
+        m.visual_proj[0].weight.grad.abs().sum() > 0 and m.text_proj[0].weight.grad.abs().sum() > 0
+    )
     t = m.loss_fn.log_temp
     with torch.no_grad():
         t.fill_(-50.0)
@@ -158,7 +179,9 @@ def test_history_token_excludes_the_trained_positive(tmp_path):
 
     m = model_from(tmp_path, ["fusion=concat"])
     # user 0 trained on items 1, 2, 3: scoring positive 1 must use the mean of items 2 and 3 only
-    m.history = sp.csr_matrix((np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32)
+    m.history = sp.csr_matrix(
+        (np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32
+    )
     k = m.user_modalities.index("user_history")
     seen = []
     m._fuse = lambda u, i, b, c, pairwise: seen.append(u[k].view(b, c, -1)) or torch.zeros(b, c)

@@ -74,8 +74,9 @@ def test_content_negatives_come_from_the_positives_neighbours():
     feats = np.random.default_rng(2).normal(size=(40, 6))
     nb = content_neighbours(feats, 5)
     users, items = positives_of(m)
-    drawn = NegativeSampler(m, 4, "content", seed=0, item_features=feats, hard_candidates=5,
-                            hard_fraction=1.0).sample(users, items, epoch=0)
+    drawn = NegativeSampler(
+        m, 4, "content", seed=0, item_features=feats, hard_candidates=5, hard_fraction=1.0
+    ).sample(users, items, epoch=0)
     in_nb = (drawn[:, :, None] == nb[items][:, None, :]).any(axis=2)
     assert in_nb.mean() > 0.8  # the rest: neighbours all taken by the user, fell back to uniform
 

@@ -19,7 +19,9 @@ def run_notebook(name: str) -> list[str]:
     """Execute ``notebooks/<name>.ipynb`` in its folder; return every cell's text output."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert "parameters" in nb.cells[1].metadata.get("tags", [])
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
     texts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):

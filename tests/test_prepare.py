@@ -39,7 +39,10 @@ def raw(tmp_path):
 
 def all_interactions(ds: PreparedDataset) -> pl.DataFrame:
     return pl.concat(
-        [pl.read_parquet(ds.root / f"{s}.parquet").with_columns(pl.lit(s).alias("split")) for s in ("train", "valid", "test")]
+        [
+            pl.read_parquet(ds.root / f"{s}.parquet").with_columns(pl.lit(s).alias("split"))
+            for s in ("train", "valid", "test")
+        ]
     )
 
 
@@ -88,7 +91,14 @@ def test_kcore_iterates_until_stable(tmp_path):
 def test_same_inputs_byte_identical_and_noop(raw, tmp_path):
     a = run(raw, tmp_path / "a")
     b = run(raw, tmp_path / "b")
-    for name in ("manifest.json", "users.parquet", "items.parquet", "train.parquet", "valid.parquet", "test.parquet"):
+    for name in (
+        "manifest.json",
+        "users.parquet",
+        "items.parquet",
+        "train.parquet",
+        "valid.parquet",
+        "test.parquet",
+    ):
         assert (a.root / name).read_bytes() == (b.root / name).read_bytes(), name
     mtime = (a.root / "manifest.json").stat().st_mtime_ns
     again = run(raw, tmp_path / "a")
@@ -99,7 +109,9 @@ def test_changed_settings_or_inputs_new_fingerprint(raw, tmp_path):
     base = run(raw, tmp_path)
     other_seed = cfg_for(raw)
     other_seed.split.seed = 7
-    assert prepare(other_seed, tmp_path / "prepared", progress=False).fingerprint != base.fingerprint
+    assert (
+        prepare(other_seed, tmp_path / "prepared", progress=False).fingerprint != base.fingerprint
+    )
     with open(raw / "interactions.csv", "a") as f:
         f.write("i0,u999,5\n")
     changed = run(raw, tmp_path)
@@ -123,6 +135,7 @@ def test_text_cleaned_and_title_kept(raw, tmp_path):
 
 
 # --- bad input ---------------------------------------------------------------------
+
 
 def test_missing_file(raw, tmp_path):
     (raw / "item_info.csv").unlink()

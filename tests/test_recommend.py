@@ -24,7 +24,9 @@ class ColdFirst:
     """Scores every cold item above every other, and otherwise by item index."""
 
     def __init__(self, n_items: int, cold: np.ndarray) -> None:
-        self.scores = torch.from_numpy(cold.astype(np.float32) * 10 + np.linspace(0, 1, n_items, dtype=np.float32))
+        self.scores = torch.from_numpy(
+            cold.astype(np.float32) * 10 + np.linspace(0, 1, n_items, dtype=np.float32)
+        )
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.scores.expand(len(users), -1).clone()
@@ -38,9 +40,16 @@ def with_cold(tmp_path):
     users = np.repeat(np.arange(6), 8)
     items = 4 + (np.arange(48) % 26)
     items[:8] = np.arange(10, 18)
-    return write_prepared(tmp_path / "cold", 6, 30, {
-        "train": (users, items), "valid": (np.array([0, 1]), np.array([2, 0])),
-        "test": (np.array([0, 0, 3]), np.array([20, 21, 1]))})
+    return write_prepared(
+        tmp_path / "cold",
+        6,
+        30,
+        {
+            "train": (users, items),
+            "valid": (np.array([0, 1]), np.array([2, 0])),
+            "test": (np.array([0, 0, 3]), np.array([20, 21, 1])),
+        },
+    )
 
 
 def test_training_items_excluded_and_cold_items_only_on_request(with_cold):
@@ -59,14 +68,18 @@ def test_training_items_excluded_and_cold_items_only_on_request(with_cold):
     assert warm["held_out"].to_list() == [False] * 8 + [True, True]  # the user's test items 20, 21
     both = inspect.recommend(model, ds, user, k=6, include_cold=True)
     assert both["item_id"].to_list() == ["i3", "i2", "i1", "i0", "i29", "i28"]
-    assert both["cold"].to_list() == [True] * 4 + [False] * 2 and both["held_out"][1]  # i2: validation
+    assert (
+        both["cold"].to_list() == [True] * 4 + [False] * 2 and both["held_out"][1]
+    )  # i2: validation
     everything = inspect.recommend(model, ds, user, k=100, include_cold=True)
     assert len(everything) == ds.n_items - len(seen)  # never padded with excluded items
 
 
 def test_unknown_user_and_missing_settings_are_named(with_cold, tmp_path):
     with pytest.raises(ConfigError, match=r"user 'nobody' is not in the prepared dataset"):
-        inspect.recommend(ColdFirst(with_cold.n_items, inspect.cold_mask(with_cold)), with_cold, "nobody")
+        inspect.recommend(
+            ColdFirst(with_cold.n_items, inspect.cold_mask(with_cold)), with_cold, "nobody"
+        )
     from multirec import recommend
 
     with pytest.raises(ConfigError, match="ckpt_path= is required"):
@@ -79,26 +92,41 @@ def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):
     root, info = tiny_trained
     ds = inspect.checkpoint_dataset(info["ckpt"], root / "outputs" / "prepared")
     u = int(ds.test.users[0])
-    cfg = compose_cfg("recommend", [f"ckpt_path={info['ckpt']}", f"user={ds.user_ids[u]}", "k=5"], root)
+    cfg = compose_cfg(
+        "recommend", [f"ckpt_path={info['ckpt']}", f"user={ds.user_ids[u]}", "k=5"], root
+    )
     recs = recommend.run(cfg)
     assert len(recs) == 5 and "rank  item_id" in capsys.readouterr().out
-    assert pl.read_csv(Path(cfg.paths.output_dir) / "recommendations.csv")["item_id"].to_list() == recs["item_id"].to_list()
+    assert (
+        pl.read_csv(Path(cfg.paths.output_dir) / "recommendations.csv")["item_id"].to_list()
+        == recs["item_id"].to_list()
+    )
     assert not set(recs["item_id"]) & set(ds.item_ids[ds.train.items[ds.train.users == u]])
     # the full-catalogue scores agree with scoring the same items as one candidate list
-    model, _ = inspect.load_model(info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache")
+    model, _ = inspect.load_model(
+        info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache"
+    )
     idx = torch.tensor([[int(np.flatnonzero(ds.item_ids == i)[0]) for i in recs["item_id"]]])
-    assert np.allclose(model.score(torch.tensor([u]), idx).numpy().ravel(), recs["score"].to_numpy(), atol=1e-5)
+    assert np.allclose(
+        model.score(torch.tensor([u]), idx).numpy().ravel(), recs["score"].to_numpy(), atol=1e-5
+    )
 
 
 def test_cli_unknown_user_is_one_line_on_stderr(tiny_trained):
     root, info = tiny_trained
     proc = subprocess.run(
         [sys.executable, "-m", "multirec.recommend", f"ckpt_path={info['ckpt']}", "user=nobody"],
-        cwd=REPO, env={**os.environ, "MULTIREC_ROOT": str(root)}, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env={**os.environ, "MULTIREC_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: user 'nobody' is not in the prepared dataset")
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: user 'nobody' is not in the prepared dataset"
+    )
 
 
 def test_recommend_config_has_no_key_nothing_reads(tmp_path):

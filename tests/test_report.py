@@ -31,9 +31,16 @@ METRICS = [m for _, m in T.COLUMNS]
 def _lists(protocol: str, values: np.ndarray, shift: int = 0) -> pl.DataFrame:
     """Per-list results keyed like the evaluator's: (user, positive) for sampled, user for full."""
     if protocol == "full":
-        return pl.DataFrame({"user_id": [f"u{i + shift}" for i in range(len(values))], "ndcg@10": values})
-    return pl.DataFrame({"user_id": [f"u{i // 2 + shift}" for i in range(len(values))],
-                         "item_id": [f"i{i}" for i in range(len(values))], "ndcg@10": values})
+        return pl.DataFrame(
+            {"user_id": [f"u{i + shift}" for i in range(len(values))], "ndcg@10": values}
+        )
+    return pl.DataFrame(
+        {
+            "user_id": [f"u{i // 2 + shift}" for i in range(len(values))],
+            "item_id": [f"i{i}" for i in range(len(values))],
+            "ndcg@10": values,
+        }
+    )
 
 
 def _metrics(split: str, protocol: str, level: float, n_lists: int = N_LISTS) -> dict[str, float]:
@@ -42,9 +49,21 @@ def _metrics(split: str, protocol: str, level: float, n_lists: int = N_LISTS) ->
     return out
 
 
-def model_run(root: Path, name: str, encoder: str, seed: int, level: float, *, fusion: str = "attention",
-              dataset: str = FP, protocols: tuple[str, ...] = ("sampled",), lists: np.ndarray | None = None,
-              checkpoint: Path | None = None, nested: bool = False, composed: dict | None = None) -> Path:
+def model_run(
+    root: Path,
+    name: str,
+    encoder: str,
+    seed: int,
+    level: float,
+    *,
+    fusion: str = "attention",
+    dataset: str = FP,
+    protocols: tuple[str, ...] = ("sampled",),
+    lists: np.ndarray | None = None,
+    checkpoint: Path | None = None,
+    nested: bool = False,
+    composed: dict | None = None,
+) -> Path:
     """A training run as multirec.train writes it: flat metrics.json + evaluation.json with the
     run record (``nested``: the record itself in metrics.json, metrics nested)."""
     d = root / name
@@ -56,38 +75,75 @@ def model_run(root: Path, name: str, encoder: str, seed: int, level: float, *, f
         _lists(p, values).write_parquet(d / f"lists-test-{p}.parquet")
     visual, _, text = encoder.partition("_")
     record = {
-        "kind": "model", "model": "MultimodalRecommender", "seed": seed, "task_name": "paper_encoders",
-        "dataset": {"fingerprint": dataset, "root": "/nowhere"}, "metrics": metrics,
-        "choices": {"encoder": encoder, "encoder/visual": visual, "encoder/text": text, "fusion": fusion,
-                    "loss": "bce", "data": "sample", "logger": "csv", "experiment": "paper_encoders"},
-        "best_checkpoint": str(checkpoint or d / "checkpoints" / "best.ckpt"), "run_dir": str(d),
+        "kind": "model",
+        "model": "MultimodalRecommender",
+        "seed": seed,
+        "task_name": "paper_encoders",
+        "dataset": {"fingerprint": dataset, "root": "/nowhere"},
+        "metrics": metrics,
+        "choices": {
+            "encoder": encoder,
+            "encoder/visual": visual,
+            "encoder/text": text,
+            "fusion": fusion,
+            "loss": "bce",
+            "data": "sample",
+            "logger": "csv",
+            "experiment": "paper_encoders",
+        },
+        "best_checkpoint": str(checkpoint or d / "checkpoints" / "best.ckpt"),
+        "run_dir": str(d),
         "modalities": ["user", "item", "visual", "text"],
     }
     if nested:
         (d / "metrics.json").write_text(json.dumps(record))
     else:
         (d / "metrics.json").write_text(json.dumps(metrics))
-        (d / "evaluation.json").write_text(json.dumps(record | {"lists": [f"lists-test-{p}.parquet" for p in protocols]}))
-    (d / ".hydra" / "overrides.yaml").write_text(f"- encoder={encoder}\n- seed={seed}\n- trainer.max_epochs=3\n")
+        (d / "evaluation.json").write_text(
+            json.dumps(record | {"lists": [f"lists-test-{p}.parquet" for p in protocols]})
+        )
+    (d / ".hydra" / "overrides.yaml").write_text(
+        f"- encoder={encoder}\n- seed={seed}\n- trainer.max_epochs=3\n"
+    )
     if composed is not None:
         (d / ".hydra" / "config.yaml").write_text(json.dumps(composed))  # JSON is YAML
     return d
 
 
-def baseline_run(root: Path, name: str, model: str, protocol: str, level: float, *, seed: int = 0,
-                 dataset: str = FP, lists: np.ndarray | None = None) -> Path:
+def baseline_run(
+    root: Path,
+    name: str,
+    model: str,
+    protocol: str,
+    level: float,
+    *,
+    seed: int = 0,
+    dataset: str = FP,
+    lists: np.ndarray | None = None,
+) -> Path:
     d = root / name
     d.mkdir(parents=True)
     metrics = _metrics("test", protocol, level)
     _lists(protocol, lists if lists is not None else np.full(N_LISTS, level)).write_parquet(
-        d / f"lists-test-{protocol}.parquet")
+        d / f"lists-test-{protocol}.parquet"
+    )
     (d / "metrics.json").write_text(json.dumps(metrics))
-    (d / "evaluation.json").write_text(json.dumps({
-        "model": model, "metrics": metrics, "split": "test", "lists": [f"lists-test-{protocol}.parquet"],
-        "source": {"baseline": {"_target_": f"x.{model}", "seed": seed, "k": 100}},
-        "protocol": {"_target_": "multirec.eval.protocols.SampledProtocol", "n_negatives": 20},
-        "dataset": {"fingerprint": dataset, "root": "/nowhere"},
-    }))
+    (d / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "model": model,
+                "metrics": metrics,
+                "split": "test",
+                "lists": [f"lists-test-{protocol}.parquet"],
+                "source": {"baseline": {"_target_": f"x.{model}", "seed": seed, "k": 100}},
+                "protocol": {
+                    "_target_": "multirec.eval.protocols.SampledProtocol",
+                    "n_negatives": 20,
+                },
+                "dataset": {"fingerprint": dataset, "root": "/nowhere"},
+            }
+        )
+    )
     return d
 
 
@@ -98,12 +154,32 @@ def paper_runs(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.1, 0.3, N_LISTS)
     for p in ("sampled", "full"):
-        baseline_run(root, f"multirun/evaluate/t/0_baseline=random,eval={p}", "Random", p, 0.20, lists=base - 0.05)
-        baseline_run(root, f"multirun/evaluate/t/1_baseline=mostpop,eval={p}", "MostPopular", p, 0.30, lists=base)
+        baseline_run(
+            root,
+            f"multirun/evaluate/t/0_baseline=random,eval={p}",
+            "Random",
+            p,
+            0.20,
+            lists=base - 0.05,
+        )
+        baseline_run(
+            root,
+            f"multirun/evaluate/t/1_baseline=mostpop,eval={p}",
+            "MostPopular",
+            p,
+            0.30,
+            lists=base,
+        )
     for j, (enc, level) in enumerate((("clip_sbert", 0.42), ("dino_sbert", 0.40))):
         for seed in (1, 2, 3):
-            model_run(root, f"multirun/paper_encoders/t/{j}{seed}_encoder={enc},seed={seed}", enc, seed,
-                      level + 0.01 * seed, lists=base + 0.1 + 0.01 * seed + rng.normal(0, 0.01, N_LISTS))
+            model_run(
+                root,
+                f"multirun/paper_encoders/t/{j}{seed}_encoder={enc},seed={seed}",
+                enc,
+                seed,
+                level + 0.01 * seed,
+                lists=base + 0.1 + 0.01 * seed + rng.normal(0, 0.01, N_LISTS),
+            )
     for enc, level in (("none_sbert", 0.41), ("dino_none", 0.32)):
         model_run(root, f"multirun/ablation/t/{enc}", enc, 1, level)
     return root
@@ -114,11 +190,21 @@ def test_table2_layout_mean_std_and_bold(paper_runs, tmp_path):
     report = build_report(paper_runs, out, prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c")
     md = (out / "table2-test-sampled.md").read_text()
     lines = md.splitlines()
-    assert "Protocol: sampled (the paper's)" in lines[0] and "20 sampled never-interacted items" in lines[0]
+    assert (
+        "Protocol: sampled (the paper's)" in lines[0]
+        and "20 sampled never-interacted items" in lines[0]
+    )
     assert f"{N_LISTS} lists" in lines[0]
     body = [ln for ln in lines if ln.startswith("| ")][1:]
     labels = [ln.split("|")[1].strip() for ln in body]
-    assert labels == ["*Baselines*", "Random", "MostPopular", "*Multimodal models*", "CLIP+SBERT", "DINO+SBERT"]
+    assert labels == [
+        "*Baselines*",
+        "Random",
+        "MostPopular",
+        "*Multimodal models*",
+        "CLIP+SBERT",
+        "DINO+SBERT",
+    ]
     # mean +- sample std over the three seeds, bold for the best mean in every column
     clip = body[4].split("|")
     ndcg10 = 0.42 + 0.01 * np.array([1, 2, 3]) + 0.01 * METRICS.index("ndcg@10")
@@ -132,12 +218,20 @@ def test_table2_layout_mean_std_and_bold(paper_runs, tmp_path):
     assert float(clip_csv["ndcg@10_std"]) == pytest.approx(ndcg10.std(ddof=1))
     assert clip_csv["seeds"] == "1 2 3" and clip_csv["protocol"] == "sampled"
     tex = (out / "table2-test-sampled.tex").read_text()
-    assert r"\toprule" in tex and rf"\textbf{{{ndcg10.mean():.4f} $\pm$ {ndcg10.std(ddof=1):.4f}}}" in tex
+    assert (
+        r"\toprule" in tex
+        and rf"\textbf{{{ndcg10.mean():.4f} $\pm$ {ndcg10.std(ddof=1):.4f}}}" in tex
+    )
     assert r"\textit{Baselines}" in tex
     # one table per protocol, the protocol named in each
     full = (out / "table2-test-full.md").read_text()
     assert "Protocol: full ranking" in full and "CLIP+SBERT" not in full
-    assert {"report.md", "report.json", "metrics-test-sampled.png", "sampled-vs-full-test.png"} <= set(report.files)
+    assert {
+        "report.md",
+        "report.json",
+        "metrics-test-sampled.png",
+        "sampled-vs-full-test.png",
+    } <= set(report.files)
     assert (out / "metrics-test-sampled.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -146,7 +240,11 @@ def test_table3_ablation_rows(paper_runs, tmp_path):
     build_report(paper_runs, out, prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c")
     md = (out / "table3-test-sampled.md").read_text()
     labels = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
-    assert labels == ["DINO+SBERT (Full)", "w/o visual (Text-only: SBERT)", "w/o text (Visual-only: DINO)"]
+    assert labels == [
+        "DINO+SBERT (Full)",
+        "w/o visual (Text-only: SBERT)",
+        "w/o text (Visual-only: DINO)",
+    ]
     assert "Ablation" in md.splitlines()[0] and "20 sampled never-interacted" in md.splitlines()[0]
     # single-modality runs are not multimodal rows of Table 2
     assert "text-only" not in (out / "table2-test-sampled.md").read_text().split("- ")[0]
@@ -180,13 +278,29 @@ def test_paired_test_refuses_different_lists_and_accepts_equal_models(tmp_path):
 
 def test_mixed_datasets_are_refused_unless_one_is_chosen(paper_runs, tmp_path):
     baseline_run(paper_runs, "elsewhere/0", "MostPopular", "sampled", 0.9, dataset="b" * 64)
-    with pytest.raises(ConfigError, match=r"2 different prepared datasets.*aaaaaaaaaaaa.*bbbbbbbbbbbb"):
-        build_report(paper_runs, tmp_path / "r", prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c")
-    build_report(paper_runs, tmp_path / "r", prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c", dataset="bbbb")
+    with pytest.raises(
+        ConfigError, match=r"2 different prepared datasets.*aaaaaaaaaaaa.*bbbbbbbbbbbb"
+    ):
+        build_report(
+            paper_runs, tmp_path / "r", prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c"
+        )
+    build_report(
+        paper_runs,
+        tmp_path / "r",
+        prepared_dir=tmp_path / "none",
+        cache_dir=tmp_path / "c",
+        dataset="bbbb",
+    )
     md = (tmp_path / "r" / "table2-test-sampled.md").read_text()
     assert "0.9" in md and "CLIP" not in md
     with pytest.raises(ConfigError, match="dataset=cccc matches no"):
-        build_report(paper_runs, tmp_path / "r", prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c", dataset="cccc")
+        build_report(
+            paper_runs,
+            tmp_path / "r",
+            prepared_dir=tmp_path / "none",
+            cache_dir=tmp_path / "c",
+            dataset="cccc",
+        )
 
 
 def test_rerun_of_a_seed_replaces_the_older_one_and_checkpoint_evaluations_attach(tmp_path):
@@ -204,8 +318,12 @@ def test_rerun_of_a_seed_replaces_the_older_one_and_checkpoint_evaluations_attac
     coll = collect(root)
     assert len(coll.entries) == 1
     entry = coll.entries[0]
-    assert entry.metrics["test/sampled/ndcg@10"] == pytest.approx(0.30 + 0.01 * METRICS.index("ndcg@10"))
-    assert entry.metrics["test/full/ndcg@10"] == pytest.approx(0.05 + 0.01 * METRICS.index("ndcg@10"))
+    assert entry.metrics["test/sampled/ndcg@10"] == pytest.approx(
+        0.30 + 0.01 * METRICS.index("ndcg@10")
+    )
+    assert entry.metrics["test/full/ndcg@10"] == pytest.approx(
+        0.05 + 0.01 * METRICS.index("ndcg@10")
+    )
     assert entry.lists[("test", "full")] == d / "lists-test-full.parquet"
     assert entry.config["trainer.max_epochs"] == "3" and "seed" not in entry.config
     assert any("replaces older results" in n and str(old) in n for n in coll.notes)
@@ -223,9 +341,14 @@ def test_settings_an_experiment_file_sets_separate_rows_infrastructure_does_not(
     root = tmp_path / "runs"
 
     def composed(dim: int, out: str, devices: int) -> dict:
-        return {"model": {"dim": dim, "lr": 0.003}, "paths": {"output_dir": out}, "seed": 1,
-                "trainer": {"max_epochs": 20, "devices": devices}, "data": {"root": out},
-                "protocols": {"sampled": {"n_negatives": 50}}}
+        return {
+            "model": {"dim": dim, "lr": 0.003},
+            "paths": {"output_dir": out},
+            "seed": 1,
+            "trainer": {"max_epochs": 20, "devices": devices},
+            "data": {"root": out},
+            "protocols": {"sampled": {"n_negatives": 50}},
+        }
 
     model_run(root, "a", "clip_sbert", 1, 0.30, composed=composed(64, "/a", 1))
     model_run(root, "b", "clip_sbert", 2, 0.32, composed=composed(64, "/b", 2))
@@ -234,7 +357,10 @@ def test_settings_an_experiment_file_sets_separate_rows_infrastructure_does_not(
     assert sorted(rows) == ["CLIP+SBERT (model.dim=128)", "CLIP+SBERT (model.dim=64)"]
     assert rows["CLIP+SBERT (model.dim=64)"].seeds == [1, 2]
     # the protocol a training run recorded is the one its table names
-    assert "against 50 sampled never-interacted items" in T.table2(list(rows.values()), "test", "sampled", "x").caption
+    assert (
+        "against 50 sampled never-interacted items"
+        in T.table2(list(rows.values()), "test", "sampled", "x").caption
+    )
 
 
 def test_checkpoint_figures_are_skipped_with_a_note_unless_asked_for(paper_runs, tmp_path):
@@ -244,14 +370,27 @@ def test_checkpoint_figures_are_skipped_with_a_note_unless_asked_for(paper_runs,
     for metrics in paper_runs.glob("multirun/paper_encoders/*/*/metrics.json"):
         (metrics.parent / "checkpoints").mkdir()
         (metrics.parent / "checkpoints" / "best.ckpt").write_text("not a checkpoint")
-    report = build_report(paper_runs, tmp_path / "r", prepared_dir=tmp_path, cache_dir=tmp_path,
-                          figures=CheckpointFigures(protocol=SampledProtocol()))
+    report = build_report(
+        paper_runs,
+        tmp_path / "r",
+        prepared_dir=tmp_path,
+        cache_dir=tmp_path,
+        figures=CheckpointFigures(protocol=SampledProtocol()),
+    )
     assert any("checkpoint cannot be loaded" in n and "clip_sbert,seed=" in n for n in report.notes)
-    assert "predictions.png" not in report.files and "cannot be loaded" in (tmp_path / "r" / "report.md").read_text()
+    assert (
+        "predictions.png" not in report.files
+        and "cannot be loaded" in (tmp_path / "r" / "report.md").read_text()
+    )
     bad = next(paper_runs.glob("multirun/paper_encoders/*/*/checkpoints/best.ckpt"))
     with pytest.raises(DataError, match="is not a readable checkpoint"):
-        build_report(paper_runs, tmp_path / "r", prepared_dir=tmp_path, cache_dir=tmp_path,
-                     figures=CheckpointFigures(protocol=SampledProtocol(), ckpt_path=bad))
+        build_report(
+            paper_runs,
+            tmp_path / "r",
+            prepared_dir=tmp_path,
+            cache_dir=tmp_path,
+            figures=CheckpointFigures(protocol=SampledProtocol(), ckpt_path=bad),
+        )
 
 
 def test_no_runs_and_foreign_output_folders_are_refused(paper_runs, tmp_path):
@@ -270,8 +409,19 @@ def test_no_runs_and_foreign_output_folders_are_refused(paper_runs, tmp_path):
 def test_report_config_composes_with_every_key_read(tmp_path):
     cfg = compose_cfg("report", ["runs=/x", "out=/y", "max_lists=5"], tmp_path)
     assert cfg.eval._target_.endswith("SampledProtocol")
-    assert set(cfg) == {"paths", "eval", "runs", "out", "split", "dataset", "figures", "ckpt_path", "device",
-                        "examples", "max_lists"}
+    assert set(cfg) == {
+        "paths",
+        "eval",
+        "runs",
+        "out",
+        "split",
+        "dataset",
+        "figures",
+        "ckpt_path",
+        "device",
+        "examples",
+        "max_lists",
+    }
     source = (Path(__file__).parents[1] / "multirec" / "report.py").read_text()
     for key in set(cfg) - {"paths"}:
         assert f"cfg.{key}" in source, key
@@ -282,21 +432,38 @@ def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):
 
     root, info = tiny_trained
     out = root / "report-test"
-    report.run(compose_cfg("report", [f"runs={root / 'outputs'}", f"out={out}", "max_lists=40", "examples=3"], root))
+    report.run(
+        compose_cfg(
+            "report", [f"runs={root / 'outputs'}", f"out={out}", "max_lists=40", "examples=3"], root
+        )
+    )
     printed = capsys.readouterr().out
     assert "report written to" in printed and "Top-k retrieval on sample_tiny" in printed
     summary = json.loads((out / "report.json").read_text())
     assert summary["checkpoint"] == info["ckpt"]
-    assert {"modality-weights.png", "predictions.png", "sampled-vs-full-test.png",
-            "table2-test-sampled.tex"} <= set(summary["files"])
+    assert {
+        "modality-weights.png",
+        "predictions.png",
+        "sampled-vs-full-test.png",
+        "table2-test-sampled.tex",
+    } <= set(summary["files"])
     md = (out / "table2-test-sampled.md").read_text()
     assert [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:] == [
-        "*Baselines*", "Random", "MostPopular", "*Multimodal models*", "EffNet+SBERT"]
+        "*Baselines*",
+        "Random",
+        "MostPopular",
+        "*Multimodal models*",
+        "EffNet+SBERT",
+    ]
     # the model was compared with the stronger baseline on the very same per-list results
     test = summary["significance"]["test/sampled"]
     assert test["a"] == "EffNet+SBERT" and test["b"] in ("Random", "MostPopular")
-    lists = pl.read_parquet(root / "outputs" / "runs" / "tiny" / "run" / "lists-test-sampled.parquet")
-    assert test["n_lists"] == lists.height and test["mean_a"] == pytest.approx(lists["ndcg@10"].mean())
+    lists = pl.read_parquet(
+        root / "outputs" / "runs" / "tiny" / "run" / "lists-test-sampled.parquet"
+    )
+    assert test["n_lists"] == lists.height and test["mean_a"] == pytest.approx(
+        lists["ndcg@10"].mean()
+    )
     assert (out / "predictions.png").stat().st_size > 10_000
 
 
@@ -305,7 +472,9 @@ def test_inspecting_a_checkpoint(tiny_trained):
     from multirec.reporting import inspect
 
     root, info = tiny_trained
-    model, ds = inspect.load_model(info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache")
+    model, ds = inspect.load_model(
+        info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache"
+    )
     lists = inspect.subsample(SampledProtocol().lists(ds, "test"), 12)
     assert len(lists) == 12
     items = model.items
@@ -324,11 +493,19 @@ def test_inspecting_a_checkpoint(tiny_trained):
     assert (ranks == 1 + (scores[:, None, :] > scores[:, :, None]).sum(-1)).all()
     weights = inspect.modality_weights(model, ds, lists)
     w = weights.select(f"w_{m}" for m in model.modalities).to_numpy()
-    assert np.allclose(w.sum(1), 1, atol=1e-4) and np.allclose(weights["score"], frame["score"], atol=1e-5)
+    assert np.allclose(w.sum(1), 1, atol=1e-4) and np.allclose(
+        weights["score"], frame["score"], atol=1e-5
+    )
     examples = inspect.prediction_examples(frame, ds, 3)
     best, distractors = examples["best"], examples["distractors"]
-    assert best["positive"].all() and not distractors["positive"].any() and best["item_id"].n_unique() == 3
-    assert best["probability"][0] == pytest.approx(frame.filter(pl.col("positive"))["probability"].max())
+    assert (
+        best["positive"].all()
+        and not distractors["positive"].any()
+        and best["item_id"].n_unique() == 3
+    )
+    assert best["probability"][0] == pytest.approx(
+        frame.filter(pl.col("positive"))["probability"].max()
+    )
     assert best["cover_path"].is_not_null().all()
     with pytest.raises(ConfigError, match="no audio input"), inspect.without(model, "audio"):
         pass

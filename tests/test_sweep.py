@@ -18,7 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_module(module: str, args: list[str], root: Path) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=400,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
         env={**os.environ, "MULTIREC_ROOT": str(root), "WANDB_MODE": "offline"},
     )
     out = proc.stdout + proc.stderr
@@ -31,20 +35,32 @@ def test_paper_sweep_extracts_once_per_encoder_and_reports_both_pairs(tmp_path):
     save_tiny_clip(models / "clip")
     save_tiny_dinov2(models / "dino")
     save_tiny_bert(models / "bert")
-    log = run_module("multirec.train", [
-        "experiment=paper_encoders",
-        "encoder=clip_bert,dino_bert", "seed=1,2",  # replace the experiment's sweep lists
-        "data=tiny", "logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        # a local copy per visual encoder in one sweep: the folder named by the pair's choice
-        f"encoder.visual.path={models}/${{hydra:runtime.choices.encoder/visual}}",
-        f"encoder.text.path={models}/bert",
-    ], tmp_path)
+    log = run_module(
+        "multirec.train",
+        [
+            "experiment=paper_encoders",
+            "encoder=clip_bert,dino_bert",
+            "seed=1,2",  # replace the experiment's sweep lists
+            "data=tiny",
+            "logger=none",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            # a local copy per visual encoder in one sweep: the folder named by the pair's choice
+            f"encoder.visual.path={models}/${{hydra:runtime.choices.encoder/visual}}",
+            f"encoder.text.path={models}/bert",
+        ],
+        tmp_path,
+    )
 
     sweeps = list((tmp_path / "outputs" / "multirun" / "paper_encoders").iterdir())
     assert len(sweeps) == 1, sweeps  # one sweep folder, named after the experiment
     runs = [json.loads(p.read_text()) for p in sweeps[0].rglob("evaluation.json")]
     assert sorted((r["choices"]["encoder"], r["seed"]) for r in runs) == [
-        ("clip_bert", 1), ("clip_bert", 2), ("dino_bert", 1), ("dino_bert", 2)]
+        ("clip_bert", 1),
+        ("clip_bert", 2),
+        ("dino_bert", 1),
+        ("dino_bert", 2),
+    ]
     assert {r["choices"]["fusion"] for r in runs} == {"attention"}
     assert {r["task_name"] for r in runs} == {"paper_encoders"}
 

@@ -18,7 +18,12 @@ def test_run_writes_metrics_checkpoints_and_comparison(tiny_trained):
     root, info = tiny_trained
     run = root / "outputs" / "runs" / "tiny" / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("test/sampled/ndcg@10", "test/sampled/mrr@10", "test/full/recall@10", "test/sampled/novelty@10"):
+    for key in (
+        "test/sampled/ndcg@10",
+        "test/sampled/mrr@10",
+        "test/full/recall@10",
+        "test/sampled/novelty@10",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     record = json.loads((run / "evaluation.json").read_text())
     assert record["kind"] == "model" and "visual" in record["modalities"]
@@ -43,8 +48,15 @@ def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
     clip = save_tiny_clip(tmp_path / "clip")
     cfg = compose_cfg(
         "train",
-        ["data=tiny", "encoder=clip_sbert", f"encoder.visual.path={clip}", "fusion=attention", "logger=none",
-         "trainer.max_epochs=1", "compare={}"],
+        [
+            "data=tiny",
+            "encoder=clip_sbert",
+            f"encoder.visual.path={clip}",
+            "fusion=attention",
+            "logger=none",
+            "trainer.max_epochs=1",
+            "compare={}",
+        ],
         tmp_path,
     )
     result = train(cfg)
@@ -56,7 +68,9 @@ def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
 def test_resume_with_the_same_configuration_continues(tiny_trained):
     root, info = tiny_trained
     last = Path(info["ckpt"]).parent / "last.ckpt"
-    cfg = compose_cfg("train", ["data=tiny", "logger=csv", "trainer.max_epochs=4", "seed=1", "compare={}"], root)
+    cfg = compose_cfg(
+        "train", ["data=tiny", "logger=csv", "trainer.max_epochs=4", "seed=1", "compare={}"], root
+    )
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
         cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "resumed")

@@ -52,7 +52,10 @@ class BPRMF(Recommender):
                 "content features; valid: uniform, popularity"
             )
         for key, value in (
-            ("factors", factors), ("epochs", epochs), ("batch_size", batch_size), ("n_negatives", n_negatives)
+            ("factors", factors),
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("n_negatives", n_negatives),
         ):
             if value < 1:
                 raise ConfigError(f"baseline.{key} must be >= 1, got {value}")
@@ -85,7 +88,9 @@ class BPRMF(Recommender):
         self.epoch_losses = []
         for epoch in range(self.epochs):
             negatives = torch.from_numpy(sampler.sample(train.users, train.items, epoch))
-            order = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(len(train)))
+            order = torch.from_numpy(
+                np.random.default_rng([self.seed, epoch]).permutation(len(train))
+            )
             total = 0.0
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -97,11 +102,17 @@ class BPRMF(Recommender):
                 # Rendle's LearnBPR update for every triple, applied together (duplicates add up)
                 p.index_add_(0, u, lr * ((z[:, :, None] * (qi[:, None, :] - qj)).sum(1) - reg * pu))
                 q.index_add_(0, i, lr * (z.sum(1, keepdim=True) * pu - reg * qi))
-                q.index_add_(0, j.flatten(), lr * (-(z[:, :, None] * pu[:, None, :]) - reg * qj).flatten(0, 1))
+                q.index_add_(
+                    0,
+                    j.flatten(),
+                    lr * (-(z[:, :, None] * pu[:, None, :]) - reg * qj).flatten(0, 1),
+                )
                 b.index_add_(0, i, lr * (z.sum(1) - reg * b[i]))
                 b.index_add_(0, j.flatten(), lr * (-z - reg * b[j]).flatten())
             self.epoch_losses.append(total / (len(order) * self.n_negatives))
-            log.info("BPR-MF epoch %d/%d: BPR loss %.4f", epoch + 1, self.epochs, self.epoch_losses[-1])
+            log.info(
+                "BPR-MF epoch %d/%d: BPR loss %.4f", epoch + 1, self.epochs, self.epoch_losses[-1]
+            )
         self.user_factors, self.item_factors, self.item_bias = p, q, b
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

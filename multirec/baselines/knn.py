@@ -97,7 +97,9 @@ class _NeighbourhoodModel(Recommender):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         prod, row = self._product(users)
         dense = prod.toarray().astype(np.float32, copy=False)
-        if len(row) != len(dense) or (row != np.arange(len(row))).any():  # repeated or unsorted users
+        if (
+            len(row) != len(dense) or (row != np.arange(len(row))).any()
+        ):  # repeated or unsorted users
             dense = dense[row]
         return torch.from_numpy(dense)
 

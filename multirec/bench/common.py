@@ -30,13 +30,21 @@ def peak_rss_mib() -> float:
 
 def in_subprocess(module: str, *args: str) -> dict:
     """Run ``python -m module args`` and parse the JSON it prints last (fresh peak RSS)."""
-    out = subprocess.run([sys.executable, "-m", module, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write(name: str, results: dict) -> Path:
     path = BENCH_DIR / f"{name}.json"
-    results = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}, **results}
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        **results,
+    }
     atomic_write_json(path, results)
     print(json.dumps(results, indent=2))
     print(f"written: {path}")

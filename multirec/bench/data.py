@@ -40,9 +40,16 @@ def tables(root: str) -> dict:
     ts = clean["timestamp"].to_numpy()
     _, t_split = timed(lambda: split_labels(u[keep], ts[keep], "random", [0.7, 0.15, 0.15], 42))
     return {
-        "interactions": inter.height, "items": items.height, "kept_after_kcore": int(keep.sum()), "kcore_rounds": rounds,
-        "read_interactions_s": t_read_i, "read_items_s": t_read_it, "clean_dedup_s": t_clean,
-        "kcore_s": t_kcore, "split_s": t_split, "peak_rss_mib": peak_rss_mib(),
+        "interactions": inter.height,
+        "items": items.height,
+        "kept_after_kcore": int(keep.sum()),
+        "kcore_rounds": rounds,
+        "read_interactions_s": t_read_i,
+        "read_items_s": t_read_it,
+        "clean_dedup_s": t_clean,
+        "kcore_s": t_kcore,
+        "split_s": t_split,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -50,8 +57,14 @@ def covers(root: str, limit: int) -> dict:
     paths = sorted(str(p) for p in (Path(root) / "covers").iterdir())[:limit]
     out = {}
     for workers in (1, 2):
-        (status, counts), secs = timed(lambda w=workers: check_covers(paths, 32, 89_478_485, w, progress=False))
-        out[f"workers_{workers}"] = {"images": len(paths), "seconds": secs, "images_per_s": len(paths) / secs}
+        (status, counts), secs = timed(
+            lambda w=workers: check_covers(paths, 32, 89_478_485, w, progress=False)
+        )
+        out[f"workers_{workers}"] = {
+            "images": len(paths),
+            "seconds": secs,
+            "images_per_s": len(paths) / secs,
+        }
     return out
 
 
@@ -63,7 +76,10 @@ def main() -> None:
         from multirec.data.sample import generate_sample
 
         generate_sample(SAMPLE, size="pixelrec50k", seed=0)
-    results = {"dataset": str(SAMPLE), "tables": in_subprocess("multirec.bench.data", "tables", str(SAMPLE))}
+    results = {
+        "dataset": str(SAMPLE),
+        "tables": in_subprocess("multirec.bench.data", "tables", str(SAMPLE)),
+    }
     if (SAMPLE / "covers").is_dir():
         results["cover_validation"] = covers(str(SAMPLE), limit=20_000)
     write("data", results)

@@ -47,33 +47,61 @@ def write_prepared(
     no numeric columns; ``tags`` (int per item, 0 = rare/unknown) defaults to all zeros.
     """
     tags = np.zeros(n_items, dtype=np.int32) if tags is None else np.asarray(tags, dtype=np.int32)
-    arrays = {s: (np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64)) for s, (u, i) in splits.items()}
+    arrays = {
+        s: (np.asarray(u, dtype=np.int64), np.asarray(i, dtype=np.int64))
+        for s, (u, i) in splits.items()
+    }
     digest = hashlib.sha256(tags.tobytes())
     for s in SPLITS:
         for a in arrays.get(s, ()):
             digest.update(s.encode() + a.tobytes())
     fp = fingerprint({"n_users": n_users, "n_items": n_items, "arrays": digest.hexdigest()})
-    manifest = {"fingerprint": fp, "name": "synthetic", "n_users": n_users, "n_items": n_items,
-                "n_tags": int(tags.max(initial=0)) + 1, "numeric_columns": []}
+    manifest = {
+        "fingerprint": fp,
+        "name": "synthetic",
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_tags": int(tags.max(initial=0)) + 1,
+        "numeric_columns": [],
+    }
     with atomic_dir(Path(root)) as tmp:
-        pl.DataFrame({"user_idx": np.arange(n_users, dtype=np.int32),
-                      "user_id": [f"u{k}" for k in range(n_users)]}).write_parquet(tmp / "users.parquet")
-        pl.DataFrame({
-            "item_idx": np.arange(n_items, dtype=np.int32), "item_id": [f"i{k}" for k in range(n_items)],
-            "title": [""] * n_items, "text": [""] * n_items, "tag": [str(t) for t in tags],
-            "tag_idx": tags, "cover_path": pl.Series([None] * n_items, dtype=pl.String),
-            "cover_ok": np.zeros(n_items, dtype=bool),
-        }).write_parquet(tmp / "items.parquet")
+        pl.DataFrame(
+            {
+                "user_idx": np.arange(n_users, dtype=np.int32),
+                "user_id": [f"u{k}" for k in range(n_users)],
+            }
+        ).write_parquet(tmp / "users.parquet")
+        pl.DataFrame(
+            {
+                "item_idx": np.arange(n_items, dtype=np.int32),
+                "item_id": [f"i{k}" for k in range(n_items)],
+                "title": [""] * n_items,
+                "text": [""] * n_items,
+                "tag": [str(t) for t in tags],
+                "tag_idx": tags,
+                "cover_path": pl.Series([None] * n_items, dtype=pl.String),
+                "cover_ok": np.zeros(n_items, dtype=bool),
+            }
+        ).write_parquet(tmp / "items.parquet")
         for s in SPLITS:
             u, i = arrays.get(s, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-            pl.DataFrame({"user_idx": u.astype(np.int32), "item_idx": i.astype(np.int32),
-                          "timestamp": np.arange(len(u), dtype=np.int64)}).write_parquet(tmp / f"{s}.parquet")
+            pl.DataFrame(
+                {
+                    "user_idx": u.astype(np.int32),
+                    "item_idx": i.astype(np.int32),
+                    "timestamp": np.arange(len(u), dtype=np.int64),
+                }
+            ).write_parquet(tmp / f"{s}.parquet")
         atomic_write_json(tmp / MANIFEST, manifest)
     return PreparedDataset.load(root)
 
 
 def synthetic_prepared(
-    root: Path, n_users: int = 50_000, n_items: int = 82_865, mean_per_user: float = 19.79, seed: int = 0
+    root: Path,
+    n_users: int = 50_000,
+    n_items: int = 82_865,
+    mean_per_user: float = 19.79,
+    seed: int = 0,
 ) -> PreparedDataset:
     """A random dataset of the given size: >= 5 items per user (geometric tail), Zipf-like item
     popularity, each user's interactions split 70/15/15 at random."""
@@ -82,8 +110,9 @@ def synthetic_prepared(
     weights = 1.0 / np.arange(1, n_items + 1) ** 0.5
     users = np.repeat(np.arange(n_users), per_user)
     items = rng.permutation(n_items)[
-        np.searchsorted(np.cumsum(weights / weights.sum()), rng.random(len(users)))
-        .clip(max=n_items - 1)
+        np.searchsorted(np.cumsum(weights / weights.sum()), rng.random(len(users))).clip(
+            max=n_items - 1
+        )
     ]
     pairs = np.unique(users * n_items + items)  # one interaction per (user, item)
     users, items = pairs // n_items, pairs % n_items
@@ -109,7 +138,9 @@ def find_dataset() -> tuple[PreparedDataset, str]:
     return synthetic_prepared(SYNTHETIC), "synthetic random, pixelrec50k size"
 
 
-def per_user_loop(model: Recommender, targets: FullRankingTargets, users: np.ndarray, k: int = 10) -> dict:
+def per_user_loop(
+    model: Recommender, targets: FullRankingTargets, users: np.ndarray, k: int = 10
+) -> dict:
     """The straightforward reference: one user at a time, score, mask, rank each positive."""
     row_of = {u: j for j, u in enumerate(targets.users)}
     discount = 1.0 / np.log2(np.arange(2, k + 2))
@@ -148,12 +179,17 @@ def bench_model(model: Recommender, dataset: PreparedDataset, loop_users: int) -
     return {
         "fit_s": fit_s,
         "full_ranking": {
-            "users": n_users, "positives": int(targets.positives.nnz), "seconds": full_s,
-            "users_per_s": n_users / full_s, "scores_per_s": n_users * dataset.n_items / full_s,
+            "users": n_users,
+            "positives": int(targets.positives.nnz),
+            "seconds": full_s,
+            "users_per_s": n_users / full_s,
+            "scores_per_s": n_users * dataset.n_items / full_s,
             "ndcg@10": result.metrics["test/full/ndcg@10"],
         },
         "per_user_loop": {
-            "users": loop_users, "seconds": loop_s, "users_per_s": loop_users / loop_s,
+            "users": loop_users,
+            "seconds": loop_s,
+            "users_per_s": loop_users / loop_s,
             "extrapolated_all_users_s": loop_s / loop_users * n_users,
             "same_metrics_on_subset": bool(
                 abs(loop["recall@10"] - sub["recall@10"].mean()) < 1e-9
@@ -169,9 +205,15 @@ def main() -> None:
     t0 = time.perf_counter()
     (dataset, kind), load_s = timed(find_dataset)
     results = {
-        "dataset": {"kind": kind, "root": str(dataset.root), "n_users": dataset.n_users,
-                    "n_items": dataset.n_items, "train": len(dataset.train), "test": len(dataset.test),
-                    "load_or_synthesise_s": load_s},
+        "dataset": {
+            "kind": kind,
+            "root": str(dataset.root),
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+            "train": len(dataset.train),
+            "test": len(dataset.test),
+            "load_or_synthesise_s": load_s,
+        },
         "torch_threads": torch.get_num_threads(),
         "models": {
             "BPR-MF (conf defaults)": bench_model(BPRMF(), dataset, loop_users=2000),

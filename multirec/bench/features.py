@@ -61,14 +61,20 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def extraction(ds: PreparedDataset, enc_cfg: DictConfig, cache_dir: Path, device: str, num_workers: int) -> dict:
+def extraction(
+    ds: PreparedDataset, enc_cfg: DictConfig, cache_dir: Path, device: str, num_workers: int
+) -> dict:
     """End-to-end items/s vs the bare forward on the same batches, ready in memory."""
     dev = resolve_device(device)
     encoder = instantiate_encoder(enc_cfg)
     pre = encoder.preprocessing()
     net = encoder.network().to(dev)
     chunks = chunk_ranges(ds.n_items, DEFAULT_CHUNK_ROWS)
-    ready = [to_device(x, dev) for _, _, x in item_loader(encoder, pre, ds, chunks, dev, num_workers) if x is not None]
+    ready = [
+        to_device(x, dev)
+        for _, _, x in item_loader(encoder, pre, ds, chunks, dev, num_workers)
+        if x is not None
+    ]
     n_valid = sum(len(x) if isinstance(x, torch.Tensor) else len(x["input_ids"]) for x in ready)
 
     def forward_all() -> None:
@@ -80,7 +86,9 @@ def extraction(ds: PreparedDataset, enc_cfg: DictConfig, cache_dir: Path, device
     with torch.inference_mode(), autocast(dev):
         net(ready[0])  # warm-up
     _, bare_before = timed(forward_all)
-    path = ensure_cache(ds, enc_cfg, cache_dir, device=device, num_workers=num_workers, progress=False)
+    path = ensure_cache(
+        ds, enc_cfg, cache_dir, device=device, num_workers=num_workers, progress=False
+    )
     _, valid, attrs = load_features(path)
     _, bare_after = timed(forward_all)
     bare = (bare_before + bare_after) / 2
@@ -115,8 +123,15 @@ def _evict(path: Path) -> None:
 def synthetic_cache(path: Path, n: int, dim: int) -> float:
     """Write an n x dim float16 cache the way extraction does; return seconds."""
     rng = np.random.default_rng(0)
-    attrs = {"dataset_fingerprint": "bench", "encoder_fingerprint": f"bench{dim}", "chunk_rows": DEFAULT_CHUNK_ROWS,
-             "n_items": n, "encoder": {"bench": dim}, "model": "synthetic", "modality": "bench"}
+    attrs = {
+        "dataset_fingerprint": "bench",
+        "encoder_fingerprint": f"bench{dim}",
+        "chunk_rows": DEFAULT_CHUNK_ROWS,
+        "n_items": n,
+        "encoder": {"bench": dim},
+        "model": "synthetic",
+        "modality": "bench",
+    }
     t0 = time.perf_counter()
     w = ShardWriter.open(path.with_name(path.name + ".partial"), 0, n, dim, "float16", attrs)
     block = rng.standard_normal((DEFAULT_CHUNK_ROWS, dim)).astype(np.float32)
@@ -132,8 +147,11 @@ def load_in_this_process(paths: list[str]) -> dict:
     before = proc.memory_info().rss
     loaded, secs = timed(lambda: [load_features(Path(p)) for p in paths])
     # Resident-memory growth, not peak RSS: a child's peak includes its parent's at fork.
-    return {"seconds": secs, "rss_increase_mib": (proc.memory_info().rss - before) / 2**20,
-            "array_mib": sum(f.nbytes + v.nbytes for f, v, _ in loaded) / 2**20}
+    return {
+        "seconds": secs,
+        "rss_increase_mib": (proc.memory_info().rss - before) / 2**20,
+        "array_mib": sum(f.nbytes + v.nbytes for f, v, _ in loaded) / 2**20,
+    }
 
 
 def cache_io(tmp: Path, n: int) -> dict:
@@ -155,9 +173,12 @@ def cache_io(tmp: Path, n: int) -> dict:
         "write_s": write_s,
         "load_whole_cold": cold,
         "load_whole_warm": warm,
-        "random_batches_1024": {"batches": len(batches), "seconds": secs,
-                                "rows_per_s": len(batches) * 1024 / secs,
-                                "mib_per_s": len(batches) * 1024 * DIMS["visual"] * 2 / 2**20 / secs},
+        "random_batches_1024": {
+            "batches": len(batches),
+            "seconds": secs,
+            "rows_per_s": len(batches) * 1024 / secs,
+            "mib_per_s": len(batches) * 1024 * DIMS["visual"] * 2 / 2**20 / secs,
+        },
     }
 
 
@@ -168,7 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--items", type=int, default=PIXELREC50K_ITEMS, help="rows of the synthetic cache")
+    parser.add_argument(
+        "--items", type=int, default=PIXELREC50K_ITEMS, help="rows of the synthetic cache"
+    )
     args = parser.parse_args()
     root = Path(os.environ.get("MULTIREC_ROOT", os.getcwd()))
     cfg = config(root)
@@ -177,8 +200,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix=".features-") as tmp:
         results = {
             "dataset": {"name": ds.manifest.get("name"), "items": ds.n_items},
-            **{side: extraction(ds, cfg.encoder[side], Path(tmp) / "cache", args.device, args.num_workers)
-               for side in ("visual", "text")},
+            **{
+                side: extraction(
+                    ds, cfg.encoder[side], Path(tmp) / "cache", args.device, args.num_workers
+                )
+                for side in ("visual", "text")
+            },
             "cache_io": cache_io(Path(tmp), args.items),
         }
     write("features", results)

@@ -75,8 +75,15 @@ def dataset():
 def fit_steps(model, dm, steps: int) -> float:
     timer = Timer()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
     return timer.steps * BATCH / timer.seconds
@@ -90,7 +97,9 @@ def score_throughput(model: MultimodalRecommender, n_users: int, n_items: int) -
     users = torch.randint(0, n_users, (4096,), generator=rng)
     lists = torch.randint(0, n_items, (4096, 21), generator=rng)
     t0 = time.perf_counter()
-    batched = torch.cat([model.score(users[i : i + 1024], lists[i : i + 1024]) for i in range(0, 4096, 1024)])
+    batched = torch.cat(
+        [model.score(users[i : i + 1024], lists[i : i + 1024]) for i in range(0, 4096, 1024)]
+    )
     batched_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     looped = torch.cat([model.score(users[i : i + 1], lists[i : i + 1]) for i in range(256)])
@@ -114,17 +123,31 @@ def one_fusion(fusion: str) -> dict:
     n = ds.n_items
     t0 = time.perf_counter()
     items = ItemInputs.build(
-        ds.tag_index(), ds.numeric_features(), np.ones(n, dtype=bool),
-        (rng.standard_normal((n, 1280), dtype=np.float32).astype(np.float16), np.ones(n, dtype=bool)),
-        (rng.standard_normal((n, 384), dtype=np.float32).astype(np.float16), np.ones(n, dtype=bool)),
+        ds.tag_index(),
+        ds.numeric_features(),
+        np.ones(n, dtype=bool),
+        (
+            rng.standard_normal((n, 1280), dtype=np.float32).astype(np.float16),
+            np.ones(n, dtype=bool),
+        ),
+        (
+            rng.standard_normal((n, 384), dtype=np.float32).astype(np.float16),
+            np.ones(n, dtype=bool),
+        ),
     )
     load_s = time.perf_counter() - t0
     feature_mib = (items.visual.nbytes + items.text.nbytes) / 2**20
     model_cfg = OmegaConf.load(CONF / "model" / "default.yaml")
     model = MultimodalRecommender(
-        n_users=ds.n_users, n_items=n, n_tags=ds.n_tags, n_numeric=len(ds.numeric_columns), visual_dim=1280,
-        text_dim=384, fusion=OmegaConf.to_container(OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")),
-        loss={"_target_": "multirec.models.losses.BCELoss"}, **model_cfg,
+        n_users=ds.n_users,
+        n_items=n,
+        n_tags=ds.n_tags,
+        n_numeric=len(ds.numeric_columns),
+        visual_dim=1280,
+        text_dim=384,
+        fusion=OmegaConf.to_container(OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")),
+        loss={"_target_": "multirec.models.losses.BCELoss"},
+        **model_cfg,
     )
     model.attach_items(items, ds.interaction_matrix("train"))
     dm = RecDataModule(ds, batch_size=BATCH, num_negatives=4, seed=0)
@@ -139,11 +162,18 @@ def one_fusion(fusion: str) -> dict:
     n_train = len(ds.train)
     scoring = score_throughput(model, ds.n_users, n)
     return {
-        "fusion": fusion, "train_interactions": n_train, "batch_size": BATCH, "negatives": 4,
-        "pipeline_samples_per_s": pipeline, "ready_batches_samples_per_s": bare,
-        "input_pipeline_efficiency": pipeline / bare, "epoch_time_s": n_train / pipeline,
+        "fusion": fusion,
+        "train_interactions": n_train,
+        "batch_size": BATCH,
+        "negatives": 4,
+        "pipeline_samples_per_s": pipeline,
+        "ready_batches_samples_per_s": bare,
+        "input_pipeline_efficiency": pipeline / bare,
+        "epoch_time_s": n_train / pipeline,
         **scoring,
-        "features_in_memory_mib": feature_mib, "feature_build_s": load_s, "peak_rss_mib": peak_rss_mib(),
+        "features_in_memory_mib": feature_mib,
+        "feature_build_s": load_s,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -154,7 +184,9 @@ def main() -> None:
         print(json.dumps(one_fusion(sys.argv[1])))
         return
     dataset()  # prepare once, outside the timed processes
-    results = {f: in_subprocess("multirec.bench.training", f) for f in ("concat", "gated", "attention")}
+    results = {
+        f: in_subprocess("multirec.bench.training", f) for f in ("concat", "gated", "attention")
+    }
     write("training", {"threads": torch.get_num_threads(), "fusions": results})
 
 

@@ -18,11 +18,29 @@ from PIL import Image
 from tqdm import tqdm
 
 # Status of a cover; only "ok" is usable.
-OK, MISSING, CORRUPT, TRUNCATED, TOO_SMALL, BOMB = "ok", "missing", "corrupt", "truncated", "too_small", "bomb"
+OK, MISSING, CORRUPT, TRUNCATED, TOO_SMALL, BOMB = (
+    "ok",
+    "missing",
+    "corrupt",
+    "truncated",
+    "too_small",
+    "bomb",
+)
 # Modes that are converted to RGB when the cover is used (counted, not an error).
-CONVERTED_MODES = {"L": "grayscale", "LA": "grayscale", "1": "grayscale", "CMYK": "cmyk",
-                   "RGBA": "rgba", "P": "palette", "PA": "palette", "I;16": "16bit",
-                   "I;16B": "16bit", "I;16L": "16bit", "I": "16bit", "F": "float"}
+CONVERTED_MODES = {
+    "L": "grayscale",
+    "LA": "grayscale",
+    "1": "grayscale",
+    "CMYK": "cmyk",
+    "RGBA": "rgba",
+    "P": "palette",
+    "PA": "palette",
+    "I;16": "16bit",
+    "I;16B": "16bit",
+    "I;16L": "16bit",
+    "I": "16bit",
+    "F": "float",
+}
 
 
 def check_cover(path: str | None, min_side: int, max_pixels: int) -> tuple[str, str | None]:
@@ -57,7 +75,11 @@ def _check_chunk(args: tuple[Sequence[str | None], int, int]) -> list[tuple[str,
 
 
 def check_covers(
-    paths: Sequence[str | None], min_side: int, max_pixels: int, workers: int = 1, progress: bool = True
+    paths: Sequence[str | None],
+    min_side: int,
+    max_pixels: int,
+    workers: int = 1,
+    progress: bool = True,
 ) -> tuple[list[str], Counter]:
     """Validate covers in parallel; return per-item status and a counter for the manifest."""
     chunk = 256

@@ -92,13 +92,19 @@ class RecDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.protocols = protocols or {}
         if self.protocols and valid_protocol not in self.protocols:
-            raise ConfigError(f"valid_protocol={valid_protocol!r} is not among protocols {sorted(self.protocols)}")
+            raise ConfigError(
+                f"valid_protocol={valid_protocol!r} is not among protocols {sorted(self.protocols)}"
+            )
         self.valid_protocol = valid_protocol
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
         self.sampler = NegativeSampler(
-            dataset.interaction_matrix("train"), num_negatives, negatives, seed, item_features=item_features
+            dataset.interaction_matrix("train"),
+            num_negatives,
+            negatives,
+            seed,
+            item_features=item_features,
         )
         self.results: dict[str, list[EvalResult]] = {}
 
@@ -122,7 +128,13 @@ class RecDataModule(L.LightningDataModule):
         :meth:`save_results` (the trained model's; baselines compared with it pass False)."""
         names = [self.valid_protocol] if split == "valid" else list(self.protocols)
         results = [
-            evaluate(model, self.dataset, self.protocols[n], split, item_features=tag_features(self.dataset))
+            evaluate(
+                model,
+                self.dataset,
+                self.protocols[n],
+                split,
+                item_features=tag_features(self.dataset),
+            )
             for n in names
         ]
         if keep:

@@ -62,7 +62,9 @@ class PreparedDataset:
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON ({exc}); delete {root} and prepare again") from exc
+            raise DataError(
+                f"{path} is not valid JSON ({exc}); delete {root} and prepare again"
+            ) from exc
         for name in ("users.parquet", "items.parquet", *(f"{s}.parquet" for s in SPLITS)):
             if not (root / name).is_file():
                 raise DataError(f"{root / name} is missing; delete {root} and prepare again")

@@ -78,7 +78,9 @@ class NegativeSampler:
         hard_fraction: float = 0.5,
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ConfigError(f"negative strategy {strategy!r} unknown; valid: {', '.join(STRATEGIES)}")
+            raise ConfigError(
+                f"negative strategy {strategy!r} unknown; valid: {', '.join(STRATEGIES)}"
+            )
         if n_negatives < 1:
             raise ConfigError(f"n_negatives must be >= 1, got {n_negatives}")
         self.n_users, self.n_items = train.shape
@@ -104,7 +106,9 @@ class NegativeSampler:
                 raise ConfigError("negative strategy 'content' needs item_features (n_items x d)")
             if not 0.0 <= hard_fraction <= 1.0:
                 raise ConfigError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
-            self._neighbours = content_neighbours(item_features, min(hard_candidates, self.n_items - 1))
+            self._neighbours = content_neighbours(
+                item_features, min(hard_candidates, self.n_items - 1)
+            )
 
     def sample(self, users: np.ndarray, items: np.ndarray, epoch: int) -> np.ndarray:
         """Negatives for the positives ``(users[p], items[p])``: int64 array [P, n_negatives]."""

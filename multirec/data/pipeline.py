@@ -35,7 +35,11 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
     from multirec.data.sample import generate_sample
 
     root = Path(cfg.root)
-    sample = OmegaConf.to_container(cfg.sample) if isinstance(cfg.sample, DictConfig) else dict(cfg.sample)
+    sample = (
+        OmegaConf.to_container(cfg.sample)
+        if isinstance(cfg.sample, DictConfig)
+        else dict(cfg.sample)
+    )
     record = root / "_sample.json"
     if (root / cfg.files.interactions).is_file() and record.is_file():
         made = json.loads(record.read_text())
@@ -45,7 +49,9 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
     generate_sample(root, progress=progress, **sample)
 
 
-def ensure_prepared(data_cfg: DictConfig, paths_cfg: DictConfig, progress: bool = True) -> PreparedDataset:
+def ensure_prepared(
+    data_cfg: DictConfig, paths_cfg: DictConfig, progress: bool = True
+) -> PreparedDataset:
     cfg = data_config(data_cfg)
     ensure_sample(cfg, progress)
     return prepare(cfg, paths_cfg.prepared_dir, progress)

@@ -53,7 +53,9 @@ def _header(path: Path) -> list[str]:
         raise DataError(f"{path} is empty; expected a CSV with a header row and data") from None
 
 
-def _check_columns(path: Path, found: list[str], wanted: dict[str, str], optional: set[str]) -> None:
+def _check_columns(
+    path: Path, found: list[str], wanted: dict[str, str], optional: set[str]
+) -> None:
     """``wanted`` maps config key -> expected column name."""
     for key, col in wanted.items():
         if col in found or key in optional:
@@ -75,7 +77,9 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_csv(path, infer_schema=False, quote_char='"')
 
 
-def read_interactions(root: Path, files: FilesConfig, cols: ColumnsConfig) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_interactions(
+    root: Path, files: FilesConfig, cols: ColumnsConfig
+) -> tuple[pl.DataFrame, dict[str, int]]:
     path = root / files.interactions
     _require_file(path, "interactions")
     wanted = {"user_id": cols.user_id, "item_id": cols.item_id, "timestamp": cols.timestamp}
@@ -105,12 +109,18 @@ def read_interactions(root: Path, files: FilesConfig, cols: ColumnsConfig) -> tu
     return df.drop("ts_raw"), counts
 
 
-def read_items(root: Path, files: FilesConfig, cols: ColumnsConfig) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_items(
+    root: Path, files: FilesConfig, cols: ColumnsConfig
+) -> tuple[pl.DataFrame, dict[str, int]]:
     path = root / files.items
     _require_file(path, "item information")
     found = _header(path)
-    wanted = {"item_id": cols.item_id, "title": cols.title, "tag": cols.tag,
-              "description": cols.description}
+    wanted = {
+        "item_id": cols.item_id,
+        "title": cols.title,
+        "tag": cols.tag,
+        "description": cols.description,
+    }
     wanted.update({f"counts[{i}]": c for i, c in enumerate(cols.counts)})
     # Older PixelRec releases lack `description`: treated as empty and counted.
     _check_columns(path, found, wanted, optional={"description"})
@@ -126,7 +136,9 @@ def read_items(root: Path, files: FilesConfig, cols: ColumnsConfig) -> tuple[pl.
     df = lf.select(exprs).collect()
     if df.height == 0:
         raise DataError(f"{path} has a header but no rows; every interacted item needs a row")
-    missing_id = df.with_row_index("row").filter(pl.col("item_id").is_null() | (pl.col("item_id") == ""))
+    missing_id = df.with_row_index("row").filter(
+        pl.col("item_id").is_null() | (pl.col("item_id") == "")
+    )
     if missing_id.height:
         raise DataError(f"{path} line {missing_id['row'][0] + 2}: empty item id")
     dup = df.filter(pl.col("item_id").is_duplicated())
@@ -137,7 +149,11 @@ def read_items(root: Path, files: FilesConfig, cols: ColumnsConfig) -> tuple[pl.
     casts = [pl.col(f"raw_{c}").cast(pl.Float64, strict=False).alias(c) for c in cols.counts]
     df = df.with_columns(casts)
     invalid = sum(
-        int(df.filter(pl.col(f"raw_{c}").is_not_null() & (pl.col(f"raw_{c}") != "") & pl.col(c).is_null()).height)
+        int(
+            df.filter(
+                pl.col(f"raw_{c}").is_not_null() & (pl.col(f"raw_{c}") != "") & pl.col(c).is_null()
+            ).height
+        )
         for c in cols.counts
     )
     missing = sum(int(df[c].null_count()) for c in cols.counts) - invalid
@@ -155,7 +171,9 @@ def find_covers(root: Path, files: FilesConfig) -> dict[str, Path]:
     """Map item id -> cover file, listing the covers directory once."""
     covers = root / files.covers
     if not covers.is_dir():
-        raise DataError(f"{covers} not found (covers directory); check data.root and data.files.covers")
+        raise DataError(
+            f"{covers} not found (covers directory); check data.root and data.files.covers"
+        )
     out: dict[str, Path] = {}
     for p in sorted(covers.iterdir()):
         if p.suffix.lower() in COVER_SUFFIXES and p.stem not in out:

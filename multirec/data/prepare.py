@@ -53,7 +53,9 @@ def input_digest(cfg: DataConfig) -> dict:
 def dataset_fingerprint(cfg: DataConfig) -> tuple[str, dict]:
     settings = asdict(cfg)
     inputs = input_digest(cfg)
-    return fingerprint({"settings": settings, "inputs": inputs, "prep_version": PREP_VERSION}), inputs
+    return fingerprint(
+        {"settings": settings, "inputs": inputs, "prep_version": PREP_VERSION}
+    ), inputs
 
 
 def validate_settings(cfg: DataConfig) -> None:
@@ -89,8 +91,12 @@ def clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.Dat
     return deduped
 
 
-def _item_table(raw: RawData, cfg: DataConfig, item_ids: pl.Series, counts: Counter, progress: bool) -> pl.DataFrame:
-    items = raw.items.join(pl.DataFrame({"item_id": item_ids}), on="item_id", how="semi").sort("item_id")
+def _item_table(
+    raw: RawData, cfg: DataConfig, item_ids: pl.Series, counts: Counter, progress: bool
+) -> pl.DataFrame:
+    items = raw.items.join(pl.DataFrame({"item_id": item_ids}), on="item_id", how="semi").sort(
+        "item_id"
+    )
     paths = [str(raw.cover_files[i]) if i in raw.cover_files else None for i in items["item_id"]]
     status, cover_counts = cov.check_covers(
         paths, cfg.covers.min_side, cfg.covers.max_pixels, cfg.covers.workers, progress
@@ -99,7 +105,9 @@ def _item_table(raw: RawData, cfg: DataConfig, item_ids: pl.Series, counts: Coun
     titles = [clean_text(t) for t in items["title"]]
     tags = [clean_text(t) for t in items["tag"]]
     descs = [clean_text(t) for t in items["description"]]
-    texts = [render_text(cfg.text.template, a, b, c) for a, b, c in zip(titles, tags, descs, strict=True)]
+    texts = [
+        render_text(cfg.text.template, a, b, c) for a, b, c in zip(titles, tags, descs, strict=True)
+    ]
     counts["empty_title"] = sum(1 for t in titles if not t)
     counts["empty_text"] = sum(1 for t in texts if not t)
     ok = np.array([s == cov.OK for s in status])
@@ -107,7 +115,11 @@ def _item_table(raw: RawData, cfg: DataConfig, item_ids: pl.Series, counts: Coun
         pl.Series("title", titles),
         pl.Series("tag", tags),
         pl.Series("text", texts),
-        pl.Series("cover_path", [p if o else None for p, o in zip(paths, ok, strict=True)], dtype=pl.String),
+        pl.Series(
+            "cover_path",
+            [p if o else None for p, o in zip(paths, ok, strict=True)],
+            dtype=pl.String,
+        ),
         pl.Series("cover_ok", ok),
     ).drop("description")
 
@@ -161,12 +173,15 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
     items = items.join(inter.select("item_id").unique(), on="item_id", how="semi").sort("item_id")
     items = items.with_row_index("item_idx")
     inter = (
-        inter.join(users, on="user_id").join(items.select("item_id", "item_idx"), on="item_id")
+        inter.join(users, on="user_id")
+        .join(items.select("item_id", "item_idx"), on="item_id")
         .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "timestamp")
         .sort(["user_idx", "timestamp", "item_idx"])
     )
     u = inter["user_idx"].to_numpy().astype(np.int64)
-    labels = split_labels(u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed)
+    labels = split_labels(
+        u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed
+    )
     counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
     inter = inter.with_columns(pl.Series("split", labels))
     train_items = inter.filter(pl.col("split") == TRAIN)["item_idx"].to_numpy().astype(np.int64)
@@ -175,12 +190,19 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
     numeric, stats = standardise_counts(items.select(cfg.columns.counts).to_numpy(), train_items)
     counts["items_cold_in_train"] = int(items.height - np.unique(train_items).size)
     items = items.select(
-        pl.col("item_idx").cast(pl.Int32), "item_id", "title", "text", "tag",
-        pl.Series("tag_idx", tag_idx, dtype=pl.Int32), "cover_path", "cover_ok",
+        pl.col("item_idx").cast(pl.Int32),
+        "item_id",
+        "title",
+        "text",
+        "tag",
+        pl.Series("tag_idx", tag_idx, dtype=pl.Int32),
+        "cover_path",
+        "cover_ok",
         *[pl.Series(f"num_{c}", numeric[:, j]) for j, c in enumerate(cfg.columns.counts)],
     )
     split_sizes = {
-        name: int((labels == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
+        name: int((labels == code).sum())
+        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
     }
     manifest = {
         "fingerprint": fp,
@@ -199,10 +221,14 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
         "counts": dict(sorted(counts.items())),
     }
     with atomic_dir(target) as tmp:
-        users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(tmp / "users.parquet")
+        users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(
+            tmp / "users.parquet"
+        )
         items.write_parquet(tmp / "items.parquet")
         for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
-            inter.filter(pl.col("split") == code).drop("split").write_parquet(tmp / f"{name}.parquet")
+            inter.filter(pl.col("split") == code).drop("split").write_parquet(
+                tmp / f"{name}.parquet"
+            )
         atomic_write_json(tmp / MANIFEST, manifest)
     log.info("prepared dataset written: %s", target)
     return PreparedDataset.load(target)

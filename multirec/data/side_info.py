@@ -11,7 +11,9 @@ import numpy as np
 RARE_TAG = 0  # shared id for rare, empty and unseen-in-training tags
 
 
-def encode_tags(item_tags: list[str], train_items: np.ndarray, min_count: int) -> tuple[np.ndarray, list[str]]:
+def encode_tags(
+    item_tags: list[str], train_items: np.ndarray, min_count: int
+) -> tuple[np.ndarray, list[str]]:
     """Tag id per item (0 = rare/unknown) and the vocabulary (index = id).
 
     A tag's frequency is the number of training interactions with items carrying it.

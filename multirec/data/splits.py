@@ -38,9 +38,13 @@ def split_labels(
     users: np.ndarray, timestamps: np.ndarray, strategy: str, ratios: list[float], seed: int
 ) -> np.ndarray:
     if strategy not in STRATEGIES:
-        raise ConfigError(f"data.split.strategy={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
+        raise ConfigError(
+            f"data.split.strategy={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}"
+        )
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ConfigError(f"data.split.ratios={list(ratios)} must be three non-negative shares summing to 1")
+        raise ConfigError(
+            f"data.split.ratios={list(ratios)} must be three non-negative shares summing to 1"
+        )
     rng = np.random.default_rng(seed)
     key = rng.random(len(users))
     labels = np.full(len(users), TRAIN, dtype=np.int8)

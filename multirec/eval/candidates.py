@@ -121,8 +121,13 @@ def _repeats(a: np.ndarray) -> np.ndarray:
 def candidates_path(dataset: PreparedDataset, split: str, protocol: str, settings: dict) -> Path:
     """Where the lists for (dataset, split, protocol settings) live; the name is content-keyed."""
     key = fingerprint(
-        {"dataset": dataset.fingerprint, "split": split, "protocol": protocol,
-         "settings": settings, "format": FORMAT_VERSION}
+        {
+            "dataset": dataset.fingerprint,
+            "split": split,
+            "protocol": protocol,
+            "settings": settings,
+            "format": FORMAT_VERSION,
+        }
     )
     return dataset.candidates_dir / f"{split}-{protocol}-{key[:16]}.npz"
 
@@ -136,14 +141,23 @@ def load_or_draw(
 ) -> CandidateLists:
     """Load the saved lists for these settings, or ``draw()`` them once and save them atomically."""
     path = candidates_path(dataset, split, protocol, settings)
-    meta = {"dataset": dataset.fingerprint, "split": split, "protocol": protocol,
-            "settings": settings, "format": FORMAT_VERSION}
+    meta = {
+        "dataset": dataset.fingerprint,
+        "split": split,
+        "protocol": protocol,
+        "settings": settings,
+        "format": FORMAT_VERSION,
+    }
     if path.is_file():
         return _load(path, meta)
     users, items = draw()
     buf = io.BytesIO()
-    np.savez(buf, users=users.astype(np.int64), items=items.astype(np.int64),
-             meta=np.array(json.dumps(meta, sort_keys=True)))
+    np.savez(
+        buf,
+        users=users.astype(np.int64),
+        items=items.astype(np.int64),
+        meta=np.array(json.dumps(meta, sort_keys=True)),
+    )
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
@@ -160,7 +174,9 @@ def _load(path: Path, meta: dict) -> CandidateLists:
             stored = json.loads(str(z["meta"]))
             users, items = z["users"], z["items"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is unreadable ({exc}); delete it to draw the candidates again") from exc
+        raise DataError(
+            f"{path} is unreadable ({exc}); delete it to draw the candidates again"
+        ) from exc
     if stored != json.loads(json.dumps(meta, sort_keys=True)):
         raise ArtefactMismatchError(
             f"{path} was drawn for other settings ({stored}) than requested ({meta}); delete it"

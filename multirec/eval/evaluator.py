@@ -102,7 +102,9 @@ def evaluate(
     out[prefix + "n_users"] = int(np.unique(users).size)
     out[prefix + "n_lists_user_without_history"] = int((~frame["user_has_history"]).sum())
     out[prefix + "n_unseen_positives"] = int(frame["n_unseen_positives"].sum())
-    return EvalResult(split, protocol.name, dict(sorted(out.items())), frame, list_key_columns(per_user))
+    return EvalResult(
+        split, protocol.name, dict(sorted(out.items())), frame, list_key_columns(per_user)
+    )
 
 
 def list_key_columns(per_user: bool) -> tuple[str, ...]:
@@ -119,7 +121,9 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 def _checked(scores: torch.Tensor, shape: tuple[int, int], model: Recommender) -> torch.Tensor:
     """Refuse malformed or non-finite scores instead of ranking garbage."""
     if tuple(scores.shape) != shape:
-        raise MultirecError(f"{model.name} returned scores of shape {tuple(scores.shape)}, expected {shape}")
+        raise MultirecError(
+            f"{model.name} returned scores of shape {tuple(scores.shape)}, expected {shape}"
+        )
     suspect = ~torch.isfinite(scores.sum(dim=1))  # cheap; a row sum may also overflow, so recheck
     if suspect.any():
         bad = int((~torch.isfinite(scores[suspect])).sum())
@@ -166,7 +170,9 @@ def _rank_full(
         pos = positives[b].tocoo()  # row-major, like the whole matrix
         dev = scores.device
         counts = M.rank_positives(
-            scores, top.values, torch.from_numpy(pos.row.astype(np.int64)).to(dev),
+            scores,
+            top.values,
+            torch.from_numpy(pos.row.astype(np.int64)).to(dev),
             torch.from_numpy(pos.col.astype(np.int64)).to(dev),
         )
         parts.append((*(x.cpu() for x in counts), top.indices.cpu()))
@@ -174,7 +180,12 @@ def _rank_full(
     n_pos = np.diff(positives.indptr)
     li = torch.from_numpy(np.repeat(np.arange(n_users), n_pos))
     ranks = M.PositiveRanks(li, above, tied, beyond, n_users)
-    return ranks, torch.from_numpy(n_pos.astype(np.int64)), top.reshape(n_users, min(kmax, n_items)), positives.indices.astype(np.int64)
+    return (
+        ranks,
+        torch.from_numpy(n_pos.astype(np.int64)),
+        top.reshape(n_users, min(kmax, n_items)),
+        positives.indices.astype(np.int64),
+    )
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -203,11 +214,15 @@ def _frame(
     )
     if per_user:  # one list per user, holding all of its positives
         positives = positives.group_by("list", maintain_order=True).agg(
-            pl.col("item_idx"), pl.col("item_id"), pl.col("rank"),
+            pl.col("item_idx"),
+            pl.col("item_id"),
+            pl.col("rank"),
             pl.col("unseen").sum().alias("n_unseen_positives"),
         )
     else:
-        positives = positives.with_columns(pl.col("unseen").cast(pl.Int64).alias("n_unseen_positives"))
+        positives = positives.with_columns(
+            pl.col("unseen").cast(pl.Int64).alias("n_unseen_positives")
+        )
         positives = positives.drop("unseen")
     head = pl.DataFrame(
         {
@@ -218,7 +233,9 @@ def _frame(
         }
     )
     body = pl.DataFrame({k: v.cpu().numpy() for k, v in per_list.items()})
-    return head.join(positives, on="list", how="left", maintain_order="left").drop("list").hstack(body)
+    return (
+        head.join(positives, on="list", how="left", maintain_order="left").drop("list").hstack(body)
+    )
 
 
 def write_results(results: list[EvalResult], out_dir: Path, provenance: dict) -> dict[str, float]:
@@ -235,5 +252,7 @@ def write_results(results: list[EvalResult], out_dir: Path, provenance: dict) ->
         atomic_write_bytes(out_dir / name, buf.getvalue())
         files.append(name)
     atomic_write_json(out_dir / "metrics.json", merged)
-    atomic_write_json(out_dir / "evaluation.json", {**provenance, "metrics": merged, "lists": files})
+    atomic_write_json(
+        out_dir / "evaluation.json", {**provenance, "metrics": merged, "lists": files}
+    )
     return merged

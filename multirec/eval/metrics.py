@@ -68,7 +68,11 @@ class PositiveRanks:
 
 
 def rank_positives(
-    scores: torch.Tensor, top_values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chunk: int = 64
+    scores: torch.Tensor,
+    top_values: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    chunk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``above``, ``tied`` and ``beyond`` (see :class:`PositiveRanks`) for the positives at
     ``scores[rows[p], cols[p]]``, given each row's ``top_values`` (its ``depth`` largest
@@ -100,7 +104,9 @@ def _cumulative(f: torch.Tensor) -> torch.Tensor:
     return torch.cat([f.new_zeros(1), torch.cumsum(f, 0)])
 
 
-def _expected_per_positive(cum: torch.Tensor, above: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+def _expected_per_positive(
+    cum: torch.Tensor, above: torch.Tensor, tied: torch.Tensor
+) -> torch.Tensor:
     """E[f(r)] for r uniform on above+1 .. above+tied+1, f zero beyond len(cum)-1."""
     k = len(cum) - 1
     hi = torch.clamp(above + tied + 1, max=k)
@@ -128,7 +134,9 @@ def accuracy_metrics(
     best = torch.full((ranks.n_lists,), torch.iinfo(torch.long).max, device=dev)
     best = best.scatter_reduce(0, li, above, reduce="amin")
     is_best = above == best[li]
-    m = torch.zeros(ranks.n_lists, device=dev, dtype=torch.float64).index_add_(0, li, is_best.double())
+    m = torch.zeros(ranks.n_lists, device=dev, dtype=torch.float64).index_add_(
+        0, li, is_best.double()
+    )
     group = torch.zeros(ranks.n_lists, device=dev, dtype=torch.long)
     group = group.scatter_reduce(0, li[is_best], tied[is_best] + 1, reduce="amax")
     n_neg = (group.double() - m).clamp(min=0.0)

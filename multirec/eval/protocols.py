@@ -64,7 +64,9 @@ class Protocol(ABC):
     def lists(self, dataset: PreparedDataset, split: str) -> CandidateLists | FullRankingTargets:
         """The lists for ``split`` (``valid`` or ``test``), built once per dataset and split."""
         if split not in EVAL_SPLITS:
-            raise ConfigError(f"split {split!r} cannot be evaluated; valid: {', '.join(EVAL_SPLITS)}")
+            raise ConfigError(
+                f"split {split!r} cannot be evaluated; valid: {', '.join(EVAL_SPLITS)}"
+            )
         key = (dataset.fingerprint, split)
         if key not in self._cache:
             self._cache[key] = self._build(dataset, split)
@@ -99,7 +101,11 @@ class SampledProtocol(Protocol):
 
     def settings(self) -> dict:
         """What determines the drawn lists (part of their file name's fingerprint)."""
-        return {"n_negatives": self.n_negatives, "user_fraction": self.user_fraction, "seed": self.seed}
+        return {
+            "n_negatives": self.n_negatives,
+            "user_fraction": self.user_fraction,
+            "seed": self.seed,
+        }
 
     def _held_out(self, dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Held-out (user, item) positives that may form a list."""
@@ -120,8 +126,12 @@ class SampledProtocol(Protocol):
             users, items = users[order], items[order]
             rng = np.random.default_rng([self.seed, SPLITS.index(split)])
             negatives = draw_negatives(
-                rng, users, self._pool(dataset), self.n_negatives,
-                dataset.interaction_matrix(*SPLITS), dataset.user_ids,
+                rng,
+                users,
+                self._pool(dataset),
+                self.n_negatives,
+                dataset.interaction_matrix(*SPLITS),
+                dataset.user_ids,
             )
             return users, np.concatenate([items[:, None], negatives], axis=1)
 
@@ -174,7 +184,9 @@ class FullProtocol(Protocol):
 
     name = "full"
 
-    def __init__(self, ks: Sequence[int] = (5, 10), user_fraction: float = 1.0, seed: int = 2024) -> None:
+    def __init__(
+        self, ks: Sequence[int] = (5, 10), user_fraction: float = 1.0, seed: int = 2024
+    ) -> None:
         super().__init__(ks, user_fraction, seed)
 
     def _build(self, dataset: PreparedDataset, split: str) -> FullRankingTargets:

@@ -35,19 +35,32 @@ def format_tables(runs: list[tuple[str, dict[str, float]]]) -> str:
     blocks = []
     for prefix in prefixes:
         rows = [(name, m) for name, m in runs if any(k.startswith(prefix + "/") for k in m)]
-        cols = sorted({k.rsplit("/", 1)[1] for _, m in rows for k in m
-                       if k.startswith(prefix + "/") and "@" in k}, key=_column_key)
+        cols = sorted(
+            {
+                k.rsplit("/", 1)[1]
+                for _, m in rows
+                for k in m
+                if k.startswith(prefix + "/") and "@" in k
+            },
+            key=_column_key,
+        )
         n_lists = {int(m[f"{prefix}/n_lists"]) for _, m in rows if f"{prefix}/n_lists" in m}
         width = max(len("model"), *(len(n) for n, _ in rows))
         cw = [max(len(c), 6) for c in cols]  # values print as 0.1234
         lines = [
             f"{prefix} ({', '.join(map(str, sorted(n_lists)))} lists)",
-            "| " + " | ".join([f"{'model':<{width}}", *(c.rjust(w) for c, w in zip(cols, cw, strict=True))]) + " |",
+            "| "
+            + " | ".join(
+                [f"{'model':<{width}}", *(c.rjust(w) for c, w in zip(cols, cw, strict=True))]
+            )
+            + " |",
             "|" + "|".join(["-" * (width + 2), *("-" * (w + 2) for w in cw)]) + "|",
         ]
         for name, m in rows:
-            cells = [f"{m[f'{prefix}/{c}']:.4f}".rjust(w) if f"{prefix}/{c}" in m else " " * w
-                     for c, w in zip(cols, cw, strict=True)]
+            cells = [
+                f"{m[f'{prefix}/{c}']:.4f}".rjust(w) if f"{prefix}/{c}" in m else " " * w
+                for c, w in zip(cols, cw, strict=True)
+            ]
             lines.append("| " + " | ".join([f"{name:<{width}}", *cells]) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

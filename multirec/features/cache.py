@@ -67,7 +67,9 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode)
     except FileNotFoundError:
-        raise DataError(f"feature cache {path} does not exist; run `python -m multirec.extract`") from None
+        raise DataError(
+            f"feature cache {path} does not exist; run `python -m multirec.extract`"
+        ) from None
     except (BlockingIOError, OSError) as exc:
         msg = _first_line(exc)
         if _locked(msg):
@@ -75,7 +77,9 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
                 f"{path} is open for writing in another process; wait for it to finish "
                 "(or delete the file if no multirec process is running)"
             ) from None
-        raise CorruptCacheError(f"{path} is not a readable feature cache ({msg}); {REBUILD_HINT}") from None
+        raise CorruptCacheError(
+            f"{path} is not a readable feature cache ({msg}); {REBUILD_HINT}"
+        ) from None
 
 
 def read_attrs(f: h5py.File) -> dict:
@@ -104,9 +108,13 @@ def check_structure(f: h5py.File, path: Path) -> dict:
             and attrs["format_version"] == FORMAT_VERSION
         )
     except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise CorruptCacheError(f"{path} is not a complete feature cache ({_first_line(exc)}); {REBUILD_HINT}") from None
+        raise CorruptCacheError(
+            f"{path} is not a complete feature cache ({_first_line(exc)}); {REBUILD_HINT}"
+        ) from None
     if not shapes_ok:
-        raise CorruptCacheError(f"{path} has inconsistent dataset shapes or an old format; {REBUILD_HINT}")
+        raise CorruptCacheError(
+            f"{path} has inconsistent dataset shapes or an old format; {REBUILD_HINT}"
+        )
     return attrs
 
 
@@ -115,8 +123,14 @@ def check_finished(path: Path, dataset_fp: str, encoder_fp: str, n_items: int) -
     with open_h5(path) as f:
         attrs = check_structure(f, path)
     if not attrs.get("complete"):
-        raise CorruptCacheError(f"{path} is marked unfinished but has a finished cache's name; {REBUILD_HINT}")
-    theirs = (attrs.get("dataset_fingerprint"), attrs.get("encoder_fingerprint"), attrs.get("n_items"))
+        raise CorruptCacheError(
+            f"{path} is marked unfinished but has a finished cache's name; {REBUILD_HINT}"
+        )
+    theirs = (
+        attrs.get("dataset_fingerprint"),
+        attrs.get("encoder_fingerprint"),
+        attrs.get("n_items"),
+    )
     if theirs != (dataset_fp, encoder_fp, n_items):
         raise ArtefactMismatchError(
             f"{path} holds features of dataset {str(theirs[0])[:12]} / encoder {str(theirs[1])[:12]} "
@@ -164,7 +178,9 @@ class ShardWriter:
         return int(self.f.attrs["rows_done"])
 
     @classmethod
-    def open(cls, path: Path, start: int, stop: int, dim: int, dtype: str, attrs: dict) -> ShardWriter:
+    def open(
+        cls, path: Path, start: int, stop: int, dim: int, dtype: str, attrs: dict
+    ) -> ShardWriter:
         """Resume ``path`` if it is an unfinished shard of the same build, else start it over.
 
         ``attrs`` must hold the identity keys (fingerprints, encoder); any difference in
@@ -214,7 +230,9 @@ class ShardWriter:
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
                 f.create_dataset(name, shape=shape, dtype=dt, dcpl=dcpl)
             for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value, sort_keys=True, default=str) if key in JSON_ATTRS else value
+                f.attrs[key] = (
+                    json.dumps(value, sort_keys=True, default=str) if key in JSON_ATTRS else value
+                )
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["n_items"] = attrs["n_items"]
             f.attrs["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -227,11 +245,15 @@ class ShardWriter:
             raise
         return f
 
-    def commit(self, row0: int, features: np.ndarray, status: np.ndarray, slot: str = "encoder") -> None:
+    def commit(
+        self, row0: int, features: np.ndarray, status: np.ndarray, slot: str = "encoder"
+    ) -> None:
         """Write the next block of rows (``row0`` is a global item index) and record it."""
         a = row0 - self.start
         if a != self.rows_done:
-            raise RuntimeError(f"{self.path}: block at row {row0} does not follow row {self.start + self.rows_done}")
+            raise RuntimeError(
+                f"{self.path}: block at row {row0} does not follow row {self.start + self.rows_done}"
+            )
         with np.errstate(over="ignore"):
             stored = features.astype(self.dtype, copy=False)
         if not np.isfinite(stored).all():
@@ -249,7 +271,9 @@ class ShardWriter:
     def finish(self, final: Path, attrs: dict) -> None:
         """Record the summary, mark complete, and move the file to its final name."""
         if self.rows_done != self.stop - self.start:
-            raise RuntimeError(f"{self.path}: finishing with {self.rows_done} of {self.stop - self.start} rows")
+            raise RuntimeError(
+                f"{self.path}: finishing with {self.rows_done} of {self.stop - self.start} rows"
+            )
         counts = np.bincount(self.f["status"][()], minlength=len(STATUS))
         summary = {
             **attrs,
@@ -257,7 +281,9 @@ class ShardWriter:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         for key, value in summary.items():
-            self.f.attrs[key] = json.dumps(value, sort_keys=True, default=str) if key in JSON_ATTRS else value
+            self.f.attrs[key] = (
+                json.dumps(value, sort_keys=True, default=str) if key in JSON_ATTRS else value
+            )
         self.f.attrs.modify("complete", np.int64(1))
         self.close()
         _fsync(self.path)
@@ -309,7 +335,9 @@ class FeatureReader:
             dset = f["features"]
             offset = dset.id.get_offset()
             if dset.chunks is not None or offset is None:
-                raise CorruptCacheError(f"{self.path}: features are not stored contiguously; {REBUILD_HINT}")
+                raise CorruptCacheError(
+                    f"{self.path}: features are not stored contiguously; {REBUILD_HINT}"
+                )
             self.offset, self.shape, self.dtype = int(offset), dset.shape, dset.dtype
             self.valid = f["valid"][()]
         self.attrs = attrs
@@ -319,7 +347,9 @@ class FeatureReader:
     @property
     def features(self) -> np.ndarray:
         if self._map is None or self._pid != os.getpid():
-            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+            self._map = np.memmap(
+                self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape
+            )
             self._pid = os.getpid()
         return self._map
 

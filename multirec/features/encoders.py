@@ -106,7 +106,11 @@ class Tokenize:
         if self.lowercase:
             texts = [t.lower() for t in texts]
         out = self.tokenizer(
-            texts, padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt"
+            texts,
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
@@ -137,7 +141,9 @@ class Encoder(ABC):
 
     modality: ClassVar[str]  # "visual" or "text": which config slot and which item input
 
-    def __init__(self, model: str, path: str | None, revision: str | None, batch_size: int, dtype: str) -> None:
+    def __init__(
+        self, model: str, path: str | None, revision: str | None, batch_size: int, dtype: str
+    ) -> None:
         self.model = model
         self.path = None if path in (None, "") else str(path)
         self.revision = revision
@@ -146,7 +152,9 @@ class Encoder(ABC):
         if self.batch_size < 1:
             raise ConfigError(f"{self.slot}.batch_size={batch_size} must be >= 1")
         if dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"{self.slot}.dtype={dtype!r} is unknown; valid: {', '.join(STORAGE_DTYPES)}")
+            raise ConfigError(
+                f"{self.slot}.dtype={dtype!r} is unknown; valid: {', '.join(STORAGE_DTYPES)}"
+            )
 
     @property
     def slot(self) -> str:
@@ -252,7 +260,9 @@ def _loading(root: Path, what: str, slot: str) -> Iterator[None]:
         yield
     except (OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{root} cannot be loaded as {what} ({first}); set {slot}.path to a copy of the model") from None
+        raise DataError(
+            f"{root} cannot be loaded as {what} ({first}); set {slot}.path to a copy of the model"
+        ) from None
 
 
 def from_pretrained(cls: Any, root: Path, slot: str) -> nn.Module:
@@ -265,7 +275,9 @@ def from_pretrained(cls: Any, root: Path, slot: str) -> nn.Module:
     """
     with _loading(root, cls.__name__, slot), _quiet_transformers():
         # mis-shaped tensors are reported below, with their names, instead of raising here
-        net, info = cls.from_pretrained(str(root), output_loading_info=True, ignore_mismatched_sizes=True)
+        net, info = cls.from_pretrained(
+            str(root), output_loading_info=True, ignore_mismatched_sizes=True
+        )
     missing = [k for k in info.get("missing_keys", ()) if "pooler" not in k]
     mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]
     if missing or mismatched:
@@ -286,12 +298,16 @@ def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # any reader failure means the same thing to the user
-        raise DataError(f"{file} is not a readable checkpoint ({type(exc).__name__}: {exc}); replace the file") from None
+        raise DataError(
+            f"{file} is not a readable checkpoint ({type(exc).__name__}: {exc}); replace the file"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise DataError(f"{file} holds no state dict; point path= at a checkpoint of the model's weights")
+        raise DataError(
+            f"{file} holds no state dict; point path= at a checkpoint of the model's weights"
+        )
     return sd
 
 
@@ -306,7 +322,12 @@ class TimmEncoder(VisualEncoder):
     """
 
     def __init__(
-        self, model: str, path: str | None = None, revision: str | None = None, batch_size: int = 64, dtype: str = "float16"
+        self,
+        model: str,
+        path: str | None = None,
+        revision: str | None = None,
+        batch_size: int = 64,
+        dtype: str = "float16",
     ) -> None:
         super().__init__(model, path, revision, batch_size, dtype)
 
@@ -315,7 +336,9 @@ class TimmEncoder(VisualEncoder):
 
         cfg = timm.models.get_pretrained_cfg(self.model)
         if cfg is None:
-            raise ConfigError(f"{self.slot}.model={self.model!r} is not a timm model (see timm.list_models())")
+            raise ConfigError(
+                f"{self.slot}.model={self.model!r} is not a timm model (see timm.list_models())"
+            )
         return cfg
 
     def resolve(self) -> sources.ModelSource:
@@ -332,7 +355,9 @@ class TimmEncoder(VisualEncoder):
             return root
         found = sorted(p for pat in sources.WEIGHT_FILES for p in root.glob(pat))
         if not found:
-            raise ConfigError(f"{root} holds no weights file ({', '.join(sources.WEIGHT_FILES)}); fix {self.slot}.path")
+            raise ConfigError(
+                f"{root} holds no weights file ({', '.join(sources.WEIGHT_FILES)}); fix {self.slot}.path"
+            )
         return found[0]
 
     def state_dict_for(self, net: nn.Module) -> dict[str, torch.Tensor]:
@@ -362,7 +387,9 @@ class TimmEncoder(VisualEncoder):
         cfg = timm.data.resolve_data_config({}, pretrained_cfg=self._pretrained_cfg().to_dict())
         transform = timm.data.create_transform(**cfg, is_training=False)
         min_side = math.floor(cfg["input_size"][-1] / cfg.get("crop_pct", 1.0))
-        return self._preprocessing(transform, min_side, {"timm_data_config": cfg, "transform": repr(transform)})
+        return self._preprocessing(
+            transform, min_side, {"timm_data_config": cfg, "transform": repr(transform)}
+        )
 
     def network(self) -> nn.Module:
         return self.create()
@@ -379,7 +406,11 @@ class EfficientNetLite0Encoder(TimmEncoder):
     """
 
     def __init__(
-        self, model: str = "tf_efficientnet_lite0", path: str | None = None, batch_size: int = 64, dtype: str = "float16"
+        self,
+        model: str = "tf_efficientnet_lite0",
+        path: str | None = None,
+        batch_size: int = 64,
+        dtype: str = "float16",
     ) -> None:
         super().__init__(model, path, None, batch_size, dtype)
 
@@ -404,7 +435,9 @@ class EfficientNetLite0Encoder(TimmEncoder):
             return [k for k in d if not k.endswith("num_batches_tracked")]
 
         src, dst = tensors(sd), tensors(target)
-        bad = len(src) != len(dst) or any(sd[a].shape != target[b].shape for a, b in zip(src, dst, strict=False))
+        bad = len(src) != len(dst) or any(
+            sd[a].shape != target[b].shape for a, b in zip(src, dst, strict=False)
+        )
         if bad:
             raise DataError(
                 f"{self.weights_file()} does not match timm's {self.model} tensor by tensor "
@@ -431,7 +464,9 @@ class _HFImage(nn.Module):
         value = getattr(out, self.output, None)
         if value is None:
             have = [k for k, v in out.items() if v is not None]
-            raise ConfigError(f"{self.slot}.output={self.output!r}: {type(self.net).__name__} returns only {have} (or cls)")
+            raise ConfigError(
+                f"{self.slot}.output={self.output!r}: {type(self.net).__name__} returns only {have} (or cls)"
+            )
         return value
 
 
@@ -458,7 +493,9 @@ class HFImageEncoder(VisualEncoder):
     ) -> None:
         super().__init__(model, path, revision, batch_size, dtype)
         if output not in self.OUTPUTS:
-            raise ConfigError(f"{self.slot}.output={output!r} is unknown; valid: {', '.join(self.OUTPUTS)}")
+            raise ConfigError(
+                f"{self.slot}.output={output!r} is unknown; valid: {', '.join(self.OUTPUTS)}"
+            )
         self.model_class = model_class
         self.output = output
 
@@ -480,7 +517,9 @@ class HFImageEncoder(VisualEncoder):
 
         cls = getattr(transformers, self.model_class, None)
         if cls is None or not hasattr(cls, "from_pretrained"):
-            raise ConfigError(f"{self.slot}.model_class={self.model_class!r} is not a transformers model class")
+            raise ConfigError(
+                f"{self.slot}.model_class={self.model_class!r} is not a transformers model class"
+            )
         net = from_pretrained(cls, self.source.root, self.slot)
         return _HFImage(net, self.output, self.slot).eval().requires_grad_(False)
 
@@ -499,7 +538,9 @@ class _PooledText(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.net(**inputs).last_hidden_state
-        return hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, inputs["attention_mask"])
+        return (
+            hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, inputs["attention_mask"])
+        )
 
 
 class HFTextEncoder(TextEncoder):
@@ -523,7 +564,9 @@ class HFTextEncoder(TextEncoder):
     ) -> None:
         super().__init__(model, path, revision, batch_size, dtype)
         if pooling not in self.POOLINGS:
-            raise ConfigError(f"{self.slot}.pooling={pooling!r} is unknown; valid: {', '.join(self.POOLINGS)}")
+            raise ConfigError(
+                f"{self.slot}.pooling={pooling!r} is unknown; valid: {', '.join(self.POOLINGS)}"
+            )
         self.pooling = pooling
         self.max_length = int(max_length)
 
@@ -591,7 +634,10 @@ class SentenceTransformerEncoder(TextEncoder):
     def network(self) -> nn.Module:
         from sentence_transformers import SentenceTransformer
 
-        with _loading(self.source.root, "a sentence-transformers model", self.slot), _quiet_transformers():
+        with (
+            _loading(self.source.root, "a sentence-transformers model", self.slot),
+            _quiet_transformers(),
+        ):
             st = SentenceTransformer(str(self.source.root), device="cpu", local_files_only=True)
         if self.max_length:
             st.max_seq_length = self.max_length

@@ -53,7 +53,16 @@ from multirec.io import fingerprint
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_CHUNK_ROWS = 1024
-VERSIONED = ("torch", "torchvision", "timm", "transformers", "sentence-transformers", "h5py", "numpy", "pillow")
+VERSIONED = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "sentence-transformers",
+    "h5py",
+    "numpy",
+    "pillow",
+)
 
 
 def instantiate_encoder(cfg: DictConfig | dict | None) -> Encoder | None:
@@ -67,9 +76,13 @@ def instantiate_encoder(cfg: DictConfig | dict | None) -> Encoder | None:
         if isinstance(cause, MultirecError):
             raise cause from None
         lines = [ln.strip() for ln in str(cause or exc).splitlines() if ln.strip()]
-        raise ConfigError(f"encoder config {cfg.get('_target_')}: {lines[-1] if lines else exc}") from None
+        raise ConfigError(
+            f"encoder config {cfg.get('_target_')}: {lines[-1] if lines else exc}"
+        ) from None
     if not isinstance(encoder, Encoder):
-        raise ConfigError(f"encoder config _target_={cfg.get('_target_')} is not a multirec Encoder class")
+        raise ConfigError(
+            f"encoder config _target_={cfg.get('_target_')} is not a multirec Encoder class"
+        )
     return encoder
 
 
@@ -80,7 +93,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device} but no CUDA GPU is visible; use device=cpu")
@@ -159,7 +174,9 @@ def shard_path(final: Path, rank: int, world: int) -> Path:
     return final.with_name(final.name + suffix)
 
 
-def plan_batches(chunks: Sequence[tuple[int, int]], batch_size: int, lengths: np.ndarray | None) -> list[list[int]]:
+def plan_batches(
+    chunks: Sequence[tuple[int, int]], batch_size: int, lengths: np.ndarray | None
+) -> list[list[int]]:
     """Batches of item indices that never cross a chunk; long texts first within a chunk."""
     batches = []
     for a, b in chunks:
@@ -191,7 +208,9 @@ class _Collate:
     def __init__(self, collate: Callable[[list], Any]) -> None:
         self.collate = collate
 
-    def __call__(self, samples: list[tuple[int, Any, int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def __call__(
+        self, samples: list[tuple[int, Any, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         positions = torch.tensor([s[0] for s in samples], dtype=torch.int64)
         status = torch.tensor([s[2] for s in samples], dtype=torch.uint8)
         values = [s[1] for s in samples if s[2] == OK]
@@ -228,7 +247,9 @@ def to_device(x: Any, dev: torch.device) -> Any:
 def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
     if dev.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return torch.autocast(
+        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    )
 
 
 def ensure_cache(
@@ -254,12 +275,24 @@ def ensure_cache(
         return None
     identity = encoder.identity()
     encoder_fp = fingerprint(identity)
-    final = cache_file(Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp)
+    final = cache_file(
+        Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp
+    )
     rank, world = _rank_world()
     if _on_rank0(lambda: _reusable(final, dataset, encoder_fp, rebuild), rank, world):
         log.info("cache hit: %s", final)
         return final
-    _build(dataset, encoder, identity, encoder_fp, final, resolve_device(device), num_workers, progress, chunk_rows)
+    _build(
+        dataset,
+        encoder,
+        identity,
+        encoder_fp,
+        final,
+        resolve_device(device),
+        num_workers,
+        progress,
+        chunk_rows,
+    )
     return final
 
 
@@ -282,9 +315,13 @@ def _check_writable(cache_dir: Path) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MultirecError(f"cannot create feature cache directory {cache_dir} ({exc.strerror}); set paths.cache_dir") from None
+        raise MultirecError(
+            f"cannot create feature cache directory {cache_dir} ({exc.strerror}); set paths.cache_dir"
+        ) from None
     if not os.access(cache_dir, os.W_OK | os.X_OK):
-        raise MultirecError(f"cannot write to feature cache directory {cache_dir} (permission denied); set paths.cache_dir")
+        raise MultirecError(
+            f"cannot write to feature cache directory {cache_dir} (permission denied); set paths.cache_dir"
+        )
 
 
 def _check_space(cache_dir: Path, need_bytes: int, partial: Path) -> None:
@@ -305,12 +342,18 @@ def _disk_errors(path: Path):
         yield
     except OSError as exc:
         text = str(exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower():
+        if (
+            exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in text
+            or "quota" in text.lower()
+        ):
             raise MultirecError(
                 f"no space left writing {path}; free space (the unfinished file resumes) or set paths.cache_dir"
             ) from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "Permission denied" in text:
-            raise MultirecError(f"cannot write {path} (permission denied); set paths.cache_dir") from None
+            raise MultirecError(
+                f"cannot write {path} (permission denied); set paths.cache_dir"
+            ) from None
         raise
 
 
@@ -369,11 +412,27 @@ def _build(
             else:
                 log.info(
                     "extracting %s features of %d items with %s (%s) on %s into %s",
-                    encoder.modality, stop - start, encoder.model, encoder.source.origin, dev, partial,
+                    encoder.modality,
+                    stop - start,
+                    encoder.model,
+                    encoder.source.origin,
+                    dev,
+                    partial,
                 )
             todo = [(a, b) for a, b in mine if a >= start + done_before]
             with _disk_errors(partial):
-                _run(encoder, pre, net, dataset, todo, writer, dev, num_workers, progress and rank == 0, stop - start)
+                _run(
+                    encoder,
+                    pre,
+                    net,
+                    dataset,
+                    todo,
+                    writer,
+                    dev,
+                    num_workers,
+                    progress and rank == 0,
+                    stop - start,
+                )
                 if world == 1:
                     writer.finish(final, {"elapsed_s": time.perf_counter() - t0})
         finally:
@@ -382,7 +441,9 @@ def _build(
         dist.barrier()
         if rank == 0:
             with _disk_errors(final):
-                _merge(final, n, chunk_rows, world, dim, encoder.dtype, attrs, time.perf_counter() - t0)
+                _merge(
+                    final, n, chunk_rows, world, dim, encoder.dtype, attrs, time.perf_counter() - t0
+                )
         dist.barrier()
     rate = (shard_rows - done_before) / max(time.perf_counter() - t0, 1e-9)
     log.info("feature cache written: %s (%.1f items/s)", final, rate)
@@ -405,8 +466,12 @@ def _run(
         return
     loader = item_loader(encoder, pre, dataset, chunks, dev, num_workers)
     bar = tqdm(
-        total=total, initial=total - sum(b - a for a, b in chunks), unit="item",
-        desc=f"{encoder.modality} {encoder.name}", disable=not progress, dynamic_ncols=True,
+        total=total,
+        initial=total - sum(b - a for a, b in chunks),
+        unit="item",
+        desc=f"{encoder.modality} {encoder.name}",
+        disable=not progress,
+        dynamic_ncols=True,
     )
     pending = iter(chunks)
     a, b = next(pending)
@@ -433,9 +498,20 @@ def _run(
     bar.close()
 
 
-def _merge(final: Path, n: int, chunk_rows: int, world: int, dim: int, dtype: str, attrs: dict, elapsed: float) -> None:
+def _merge(
+    final: Path,
+    n: int,
+    chunk_rows: int,
+    world: int,
+    dim: int,
+    dtype: str,
+    attrs: dict,
+    elapsed: float,
+) -> None:
     """Rank 0: copy every rank's shard into the final file, then remove the shards."""
-    merged = ShardWriter.open(final.with_name(final.name + ".merge.partial"), 0, n, dim, dtype, attrs)
+    merged = ShardWriter.open(
+        final.with_name(final.name + ".merge.partial"), 0, n, dim, dtype, attrs
+    )
     try:
         for r in range(world):
             chunks = shard_chunks(n, chunk_rows, r, world)
@@ -445,7 +521,11 @@ def _merge(final: Path, n: int, chunk_rows: int, world: int, dim: int, dtype: st
                 for a, b in chunks:
                     if a >= merged.rows_done:
                         start = chunks[0][0]
-                        merged.commit(a, f["features"][a - start : b - start], f["status"][a - start : b - start])
+                        merged.commit(
+                            a,
+                            f["features"][a - start : b - start],
+                            f["status"][a - start : b - start],
+                        )
         merged.finish(final, {"elapsed_s": elapsed})
     finally:
         merged.close()

@@ -98,7 +98,9 @@ def packaged(copy: OfflineCopy) -> ModelSource | None:
 def local_path(path: str, slot: str) -> ModelSource:
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{slot}.path={path} does not exist; point it at a local copy of the model")
+        raise ConfigError(
+            f"{slot}.path={path} does not exist; point it at a local copy of the model"
+        )
     return ModelSource(p, "path")
 
 
@@ -114,7 +116,9 @@ def _has_weights(root: Path) -> bool:
     return root.is_file() or any(any(root.glob(p)) for p in WEIGHT_FILES)
 
 
-def resolve(model: str, revision: str | None, path: str | None, slot: str, hub_id: str | None = None) -> ModelSource:
+def resolve(
+    model: str, revision: str | None, path: str | None, slot: str, hub_id: str | None = None
+) -> ModelSource:
     """Find ``model``'s files locally (see the module docstring for the order).
 
     ``hub_id`` is the Hugging Face repository when it differs from ``model`` (timm names).

@@ -20,7 +20,10 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.out_dim = dim
         self.mlp = nn.Sequential(
-            nn.Linear(dim * n_tokens, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+            nn.Linear(dim * n_tokens, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
         )
         self.last_weights: torch.Tensor | None = None
 
@@ -53,7 +56,13 @@ class AttentionFusion(nn.Module):
     """
 
     def __init__(
-        self, dim: int, n_tokens: int, heads: int = 4, layers: int = 1, pooling: str = "mean", dropout: float = 0.1
+        self,
+        dim: int,
+        n_tokens: int,
+        heads: int = 4,
+        layers: int = 1,
+        pooling: str = "mean",
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls", "flatten"):
@@ -61,10 +70,15 @@ class AttentionFusion(nn.Module):
         if dim % heads:
             raise ConfigError(f"fusion.heads={heads} must divide model.dim={dim}")
         self.pooling = pooling
-        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) for _ in range(layers))
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+            for _ in range(layers)
+        )
         self.norm1 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
         self.ff = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+            nn.Sequential(
+                nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+            )
             for _ in range(layers)
         )
         self.norm2 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))

@@ -37,7 +37,9 @@ class ItemInputs:
             if pair is None:
                 return None, None
             x, ok = pair
-            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float16)), torch.from_numpy(np.asarray(ok, dtype=bool))
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float16)), torch.from_numpy(
+                np.asarray(ok, dtype=bool)
+            )
 
         v, vok = feats(visual)
         t, tok = feats(text)
@@ -45,7 +47,10 @@ class ItemInputs:
             tag=torch.from_numpy(np.asarray(tag, dtype=np.int64)),
             numeric=torch.from_numpy(np.asarray(numeric, dtype=np.float32)),
             seen=torch.from_numpy(np.asarray(seen, dtype=bool)),
-            visual=v, visual_ok=vok, text=t, text_ok=tok,
+            visual=v,
+            visual_ok=vok,
+            text=t,
+            text_ok=tok,
         )
 
     @property

@@ -21,21 +21,29 @@ from multirec.models.recommender import MultimodalRecommender
 
 
 def build_item_inputs(
-    ds: PreparedDataset, encoder_cfg: DictConfig, cache_dir: str | Path, device: str = "cpu", num_workers: int = 2
+    ds: PreparedDataset,
+    encoder_cfg: DictConfig,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    num_workers: int = 2,
 ) -> tuple[ItemInputs, dict]:
     """Item table for the model, extracting any missing cache (``num_workers`` decode covers
     beside the encoder); also each side's cache identity."""
     sides: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     identity: dict[str, str | None] = {}
     for side in ("visual", "text"):
-        path = ensure_cache(ds, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers)
+        path = ensure_cache(
+            ds, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers
+        )
         if path is None:
             sides[side], identity[side] = None, None
             continue
         feats, ok, attrs = load_features(path)
         sides[side] = (feats, ok)
         identity[side] = Path(path).name
-    items = ItemInputs.build(ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"])
+    items = ItemInputs.build(
+        ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"]
+    )
     return items, identity
 
 
@@ -51,14 +59,22 @@ def _comparable(hparams: dict) -> dict:
 def hparams_difference(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two models' hyper-parameters."""
     a, b = _comparable(saved), _comparable(current)
-    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [
+        f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
 
 
-def load_checkpoint(ckpt_path: str | Path, ds: PreparedDataset, cache_dir: str | Path, device: str = "cpu") -> MultimodalRecommender:
+def load_checkpoint(
+    ckpt_path: str | Path, ds: PreparedDataset, cache_dir: str | Path, device: str = "cpu"
+) -> MultimodalRecommender:
     """Load a trained model and attach the item features it was trained with."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise MultirecError(f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt")
+        raise MultirecError(
+            f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt"
+        )
     model = MultimodalRecommender.load_from_checkpoint(path, map_location="cpu")
     prov = model.hparams.provenance or {}
     if prov.get("dataset") != ds.fingerprint:

@@ -22,7 +22,9 @@ class BCELoss(nn.Module):
 
     needs_alignment = False
 
-    def forward(self, pos: torch.Tensor, neg: torch.Tensor, **_: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pos: torch.Tensor, neg: torch.Tensor, **_: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
@@ -35,7 +37,9 @@ class BPRLoss(nn.Module):
 
     needs_alignment = False
 
-    def forward(self, pos: torch.Tensor, neg: torch.Tensor, **_: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pos: torch.Tensor, neg: torch.Tensor, **_: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         loss = -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
         return {"loss": loss, "bpr": loss}
 
@@ -50,7 +54,11 @@ class BCEContrastiveLoss(nn.Module):
     needs_alignment = True
 
     def __init__(
-        self, alpha: float = 0.1, temperature: float = 0.07, min_temperature: float = 0.01, max_temperature: float = 1.0
+        self,
+        alpha: float = 0.1,
+        temperature: float = 0.07,
+        min_temperature: float = 0.01,
+        max_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -65,15 +73,25 @@ class BCEContrastiveLoss(nn.Module):
         return self.log_temp.clamp(self.log_min, self.log_max).exp()
 
     def forward(
-        self, pos: torch.Tensor, neg: torch.Tensor, visual: torch.Tensor | None = None, text: torch.Tensor | None = None
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        visual: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         out = self.bce(pos, neg)
         if visual is None or text is None or len(visual) < 2:
-            raise ConfigError("loss=bce_contrastive needs both a visual and a text encoder (encoder.*: none given)")
+            raise ConfigError(
+                "loss=bce_contrastive needs both a visual and a text encoder (encoder.*: none given)"
+            )
         v = F.normalize(visual, dim=-1)
         t = F.normalize(text, dim=-1)
         logits = v @ t.T / self.temperature
         target = torch.arange(len(v), device=v.device)
         nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        out.update(loss=(1 - self.alpha) * out["bce"] + self.alpha * nce, infonce=nce, temperature=self.temperature.detach())
+        out.update(
+            loss=(1 - self.alpha) * out["bce"] + self.alpha * nce,
+            infonce=nce,
+            temperature=self.temperature.detach(),
+        )
         return out

@@ -25,10 +25,14 @@ from multirec.models.items import ItemInputs
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+    )
 
 
-def mean_profiles(train: sp.csr_matrix, feats: torch.Tensor, ok: np.ndarray, block: int = 256) -> torch.Tensor:
+def mean_profiles(
+    train: sp.csr_matrix, feats: torch.Tensor, ok: np.ndarray, block: int = 256
+) -> torch.Tensor:
     """Per-user mean of the features of its training items with valid features (float16).
 
     Computed as a sparse x dense product in column blocks, so the float32 working copy
@@ -101,7 +105,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             # projection as items, so the fusion can compare user and item directly
             if use_ids:
                 self.user_modalities.append("user_history")
-            self.user_modalities += [f"user_{m}" for m in ("visual", "text") if m in self.item_modalities]
+            self.user_modalities += [
+                f"user_{m}" for m in ("visual", "text") if m in self.item_modalities
+            ]
         if use_tags:
             self.tag_proj = nn.Sequential(nn.Embedding(n_tags, dim), nn.GELU(), nn.Linear(dim, dim))
             self.item_modalities.append("tag")
@@ -113,17 +119,33 @@ class MultimodalRecommender(L.LightningModule, Recommender):
                 "the model has no user-side token: enable model.use_ids or model.user_profile with an encoder"
             )
         if not self.item_modalities:
-            raise MultirecError("the model has no item modality left: enable ids, an encoder, tags or numerics")
+            raise MultirecError(
+                "the model has no item modality left: enable ids, an encoder, tags or numerics"
+            )
         self.modalities = self.user_modalities + self.item_modalities
         # explicit user-item agreement per modality (id with id, taste with content): scaled dot
         # products fed to the head beside the fused vector, since an MLP learns products slowly
-        partner = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
+        partner = {
+            "user": "item",
+            "user_history": "item",
+            "user_visual": "visual",
+            "user_text": "text",
+        }
         self.match_pairs = (
-            [(self.user_modalities.index(u), self.item_modalities.index(partner[u])) for u in self.user_modalities]
-            if match else []
+            [
+                (self.user_modalities.index(u), self.item_modalities.index(partner[u]))
+                for u in self.user_modalities
+            ]
+            if match
+            else []
         )
         self.fusion = instantiate(fusion, dim=dim, n_tokens=len(self.modalities))
-        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim + len(self.match_pairs), head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1))
+        self.head = nn.Sequential(
+            nn.Linear(self.fusion.out_dim + len(self.match_pairs), head_hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, 1),
+        )
         self.loss_fn = instantiate(loss)
         self.items: ItemInputs | None = None
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
@@ -144,9 +166,15 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             )
         self.items = items
         self.profiles = {}
-        sides = [m.removeprefix("user_") for m in self.user_modalities if m in ("user_visual", "user_text")]
+        sides = [
+            m.removeprefix("user_")
+            for m in self.user_modalities
+            if m in ("user_visual", "user_text")
+        ]
         if (sides or "user_history" in self.user_modalities) and train_matrix is None:
-            raise MultirecError("user profiles need the training matrix: attach_items(items, train_matrix)")
+            raise MultirecError(
+                "user profiles need the training matrix: attach_items(items, train_matrix)"
+            )
         if "user_history" in self.user_modalities:
             self.history = sp.csr_matrix(train_matrix, dtype=np.float32)
             self.history.data[:] = 1.0
@@ -169,10 +197,16 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
         if self.hparams.visual_dim:
             v = self.visual_proj(it.visual[idx].to(dev, torch.float32))
-            out.append(torch.where(it.visual_ok[idx].to(dev).unsqueeze(1), v, self.visual_missing.expand_as(v)))
+            out.append(
+                torch.where(
+                    it.visual_ok[idx].to(dev).unsqueeze(1), v, self.visual_missing.expand_as(v)
+                )
+            )
         if self.hparams.text_dim:
             t = self.text_proj(it.text[idx].to(dev, torch.float32))
-            out.append(torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t)))
+            out.append(
+                torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t))
+            )
         if self.hparams.use_tags:
             out.append(self.tag_proj(it.tag[idx].to(dev)))
         if "numeric" in self.item_modalities:
@@ -201,12 +235,20 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         rows = self.history[users.numpy()].tocoo()
         idx = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
         mat = torch.sparse_coo_tensor(
-            idx, torch.from_numpy(rows.data), (len(users), self.hparams.n_items), check_invariants=False
+            idx,
+            torch.from_numpy(rows.data),
+            (len(users), self.hparams.n_items),
+            check_invariants=False,
         )
         return torch.sparse.mm(mat.to(self.device), self.item_emb.weight)
 
     def _fuse(
-        self, user_toks: list[torch.Tensor], item_toks: list[torch.Tensor], n_users: int, n_items: int, pairwise: bool
+        self,
+        user_toks: list[torch.Tensor],
+        item_toks: list[torch.Tensor],
+        n_users: int,
+        n_items: int,
+        pairwise: bool,
     ) -> torch.Tensor:
         """Logits ``[n_users, n_items]``.
 
@@ -230,7 +272,11 @@ class MultimodalRecommender(L.LightningModule, Recommender):
 
     # -- the Recommender interface ---------------------------------------------------
     def forward(
-        self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool = False, exclude_first: bool = False
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        id_dropout: bool = False,
+        exclude_first: bool = False,
     ) -> torch.Tensor:
         """Logits ``[B, C]`` for each user in ``users [B]`` and its candidates ``items [B, C]``.
 
@@ -241,7 +287,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         uniq, inverse = torch.unique(items.flatten(), return_inverse=True)
         item_toks = [t[inverse] for t in self._item_tokens(uniq, id_dropout)]
         uniq_users, user_inv = torch.unique(users, return_inverse=True)
-        user_toks = [t[user_inv].unsqueeze(1).expand(b, c, -1) for t in self._user_tokens(uniq_users)]
+        user_toks = [
+            t[user_inv].unsqueeze(1).expand(b, c, -1) for t in self._user_tokens(uniq_users)
+        ]
         if exclude_first and self.history is not None:
             # column 0 holds the training positive, which is in the user's own history: score it
             # against the history without it, as held-out items will be at evaluation (FISM)
@@ -249,7 +297,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             n = self._history_count(users.cpu()).unsqueeze(1)
             first = (user_toks[k][:, 0] * n - self.item_emb(items[:, 0])) / (n - 1).clamp(min=1)
             user_toks[k] = torch.cat([first.unsqueeze(1), user_toks[k][:, 1:]], dim=1)
-        return self._fuse([t.reshape(b * c, -1) for t in user_toks], item_toks, b, c, pairwise=False)
+        return self._fuse(
+            [t.reshape(b * c, -1) for t in user_toks], item_toks, b, c, pairwise=False
+        )
 
     def _fit(self, dataset: PreparedDataset) -> None:
         """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.
@@ -260,8 +310,12 @@ class MultimodalRecommender(L.LightningModule, Recommender):
 
         dm = RecDataModule(dataset, seed=0)
         trainer = L.Trainer(
-            max_epochs=self.hparams.fit_epochs, logger=False, enable_checkpointing=False,
-            limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+            max_epochs=self.hparams.fit_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
         )
         trainer.fit(self, datamodule=dm)
 
@@ -271,7 +325,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         self.eval()
         users, items = users.to(self.device), items.to(self.device)
         rows = max(1, 65536 // max(items.shape[1], 1))
-        out = torch.cat([self(users[i : i + rows], items[i : i + rows]) for i in range(0, len(users), rows)])
+        out = torch.cat(
+            [self(users[i : i + rows], items[i : i + rows]) for i in range(0, len(users), rows)]
+        )
         self.train(was_training)
         return out.float().cpu()
 
@@ -287,7 +343,13 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         out = torch.empty(len(users), n_items)
         for s in range(0, n_items, chunk):
             items = torch.arange(s, min(s + chunk, n_items), device=self.device)
-            out[:, s : s + len(items)] = self._fuse(user_tok, self._item_tokens(items), len(users), len(items), pairwise=True).float().cpu()
+            out[:, s : s + len(items)] = (
+                self._fuse(
+                    user_tok, self._item_tokens(items), len(users), len(items), pairwise=True
+                )
+                .float()
+                .cpu()
+            )
         self.train(was_training)
         return out
 
@@ -333,5 +395,6 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         self.log_dict(self.trainer.datamodule.evaluate(self, "test"), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -63,8 +63,10 @@ def select_dataset(entries: list[Entry], wanted: str | None, prepared_dir: Path)
         hits = [fp for fp in counts if fp.startswith(str(wanted))]
         if len(hits) != 1:
             found = "no" if not hits else "several"
-            raise ConfigError(f"dataset={wanted} matches {found} prepared dataset(s) of the runs; "
-                              f"choose one of: {_describe(counts, prepared_dir)}")
+            raise ConfigError(
+                f"dataset={wanted} matches {found} prepared dataset(s) of the runs; "
+                f"choose one of: {_describe(counts, prepared_dir)}"
+            )
         return hits[0]
     if len(counts) > 1:
         raise ConfigError(
@@ -82,7 +84,9 @@ def _dataset_name(fp: str, prepared_dir: Path) -> str:
 
 
 def _describe(counts: Counter, prepared_dir: Path) -> str:
-    return ", ".join(f"{_dataset_name(fp, prepared_dir)}: {n} results" for fp, n in counts.most_common())
+    return ", ".join(
+        f"{_dataset_name(fp, prepared_dir)}: {n} results" for fp, n in counts.most_common()
+    )
 
 
 def build_report(
@@ -98,7 +102,9 @@ def build_report(
     """Collect the runs under ``runs`` and write the report into ``out`` (see the module docstring)."""
     runs, out, prepared_dir = Path(runs), Path(out), Path(prepared_dir)
     if not runs.is_dir():
-        raise ConfigError(f"runs={runs} is not a directory; point it at the folder holding your runs (e.g. outputs)")
+        raise ConfigError(
+            f"runs={runs} is not a directory; point it at the folder holding your runs (e.g. outputs)"
+        )
     collection = collect(runs)
     if not collection.entries:
         raise MultirecError(
@@ -110,26 +116,42 @@ def build_report(
     name = _dataset_name(fp, prepared_dir)
     protocols = T.protocols_of(entries, split)
     if not protocols:
-        raise MultirecError(f"no run under {runs} has {split} results; evaluate on split={split} or pick another split")
+        raise MultirecError(
+            f"no run under {runs} has {split} results; evaluate on split={split} or pick another split"
+        )
     report = Report(out, notes=list(collection.notes))
-    page = [f"# Results on {name}", "",
-            f"{len(entries)} results (configuration x seed) collected from `{runs}`; split `{split}`.", ""]
+    page = [
+        f"# Results on {name}",
+        "",
+        f"{len(entries)} results (configuration x seed) collected from `{runs}`; split `{split}`.",
+        "",
+    ]
     with atomic_dir(out) as tmp:
         for protocol in protocols:
             rows = T.aggregate(entries, split, protocol)
             page += _tables(tmp, report, rows, split, protocol, name)
         page += _sampled_vs_full(tmp, report, entries, split)
         if figures is not None:
-            page += _checkpoint_figures(tmp, report, entries, split, prepared_dir, cache_dir, figures)
+            page += _checkpoint_figures(
+                tmp, report, entries, split, prepared_dir, cache_dir, figures
+            )
         if report.notes:
             page += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
         _write(tmp, report, "report.md", "\n".join(page))
         report.files.append("report.json")
-        atomic_write_json(tmp / "report.json", {
-            "dataset": fp, "dataset_name": name, "runs": str(runs), "split": split,
-            "files": sorted(report.files), "significance": report.tests,
-            "checkpoint": report.checkpoint, "notes": report.notes,
-        })
+        atomic_write_json(
+            tmp / "report.json",
+            {
+                "dataset": fp,
+                "dataset_name": name,
+                "runs": str(runs),
+                "split": split,
+                "files": sorted(report.files),
+                "significance": report.tests,
+                "checkpoint": report.checkpoint,
+                "notes": report.notes,
+            },
+        )
     return report
 
 
@@ -144,19 +166,26 @@ def _png(folder: Path, report: Report, name: str, fig) -> str:
     return f"![{name}]({name})"
 
 
-def _tables(folder: Path, report: Report, rows: list[T.Row], split: str, protocol: str, name: str) -> list[str]:
+def _tables(
+    folder: Path, report: Report, rows: list[T.Row], split: str, protocol: str, name: str
+) -> list[str]:
     page = [f"## Protocol: {protocol}", ""]
     t2 = T.table2(rows, split, protocol, name)
     if t2 is not None:
         test = _significance(t2, split, protocol)
         key = f"{split}/{protocol}"
         report.tests[key] = test.to_dict() if isinstance(test, PairedTest) else test
-        sentence = test.sentence() if isinstance(test, PairedTest) else f"No significance test: {test}."
+        sentence = (
+            test.sentence() if isinstance(test, PairedTest) else f"No significance test: {test}."
+        )
         if isinstance(test, PairedTest):
             atomic_write_json(folder / f"significance-{split}-{protocol}.json", test.to_dict())
             report.files.append(f"significance-{split}-{protocol}.json")
         page += _table_files(folder, report, t2, [sentence])
-        page += [_png(folder, report, f"metrics-{split}-{protocol}.png", plots.metrics_figure(t2)), ""]
+        page += [
+            _png(folder, report, f"metrics-{split}-{protocol}.png", plots.metrics_figure(t2)),
+            "",
+        ]
     t3 = T.table3(rows, split, protocol, name)
     if t3 is not None:
         page += _table_files(folder, report, t3, [])
@@ -173,6 +202,7 @@ def _table_files(folder: Path, report: Report, table: T.Table, extra: list[str])
 
 def _significance(table: T.Table, split: str, protocol: str) -> PairedTest | str:
     """Best model (highest mean NDCG@10) against the strongest baseline, on per-list NDCG@10."""
+
     def best(kind: str) -> T.Row | None:
         rows = [r for r in table.rows if r.kind == kind]
         return max(rows, key=lambda r: r.mean(T.KEY_METRIC), default=None)
@@ -191,13 +221,22 @@ def _sampled_vs_full(folder: Path, report: Report, entries: list[Entry], split: 
             "(evaluate a checkpoint with `python -m multirec.evaluate ckpt_path=... eval=full`)"
         )
         return []
-    return ["## Sampled vs full ranking", "", _png(folder, report, f"sampled-vs-full-{split}.png", fig), ""]
+    return [
+        "## Sampled vs full ranking",
+        "",
+        _png(folder, report, f"sampled-vs-full-{split}.png", fig),
+        "",
+    ]
 
 
 def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | None:
     """Best model configuration by mean ``split`` NDCG@10; among its seeds, the best on validation."""
     rows = [r for r in T.aggregate(entries, split, protocol) if r.kind == "model"]
-    rows = [r for r in rows if any(e.checkpoint is not None and e.checkpoint.is_file() for e in r.entries)]
+    rows = [
+        r
+        for r in rows
+        if any(e.checkpoint is not None and e.checkpoint.is_file() for e in r.entries)
+    ]
     if not rows:
         return None
     row = max(rows, key=lambda r: r.mean(T.KEY_METRIC))
@@ -207,33 +246,54 @@ def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | N
 
 
 def _checkpoint_figures(
-    folder: Path, report: Report, entries: list[Entry], split: str, prepared_dir: Path, cache_dir: Path | str,
+    folder: Path,
+    report: Report,
+    entries: list[Entry],
+    split: str,
+    prepared_dir: Path,
+    cache_dir: Path | str,
     cfg: CheckpointFigures,
 ) -> list[str]:
-    ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else best_checkpoint(entries, split, cfg.protocol.name)
+    ckpt = (
+        Path(cfg.ckpt_path) if cfg.ckpt_path else best_checkpoint(entries, split, cfg.protocol.name)
+    )
     if ckpt is None:
-        report.notes.append("no modality-weight or prediction figure: no model run with a checkpoint on disk")
+        report.notes.append(
+            "no modality-weight or prediction figure: no model run with a checkpoint on disk"
+        )
         return []
     try:
         model, ds = inspect.load_model(ckpt, prepared_dir, cache_dir, cfg.device)
     except MultirecError as exc:
         if cfg.ckpt_path:  # asked for explicitly: the user must hear why it cannot be used
             raise
-        report.notes.append(f"no modality-weight or prediction figure: the best run's checkpoint cannot be loaded ({exc})")
+        report.notes.append(
+            f"no modality-weight or prediction figure: the best run's checkpoint cannot be loaded ({exc})"
+        )
         return []
     report.checkpoint = str(ckpt)
     lists = cfg.protocol.lists(ds, split)
     if not isinstance(lists, CandidateLists):
-        raise ConfigError(f"eval={cfg.protocol.name} has no candidate lists; the figures need eval=sampled or cold_items")
+        raise ConfigError(
+            f"eval={cfg.protocol.name} has no candidate lists; the figures need eval=sampled or cold_items"
+        )
     lists = inspect.subsample(lists, cfg.max_lists)
-    page = ["## A trained model up close", "", f"Checkpoint `{ckpt}`, {len(lists)} {split} lists "
-            f"of the {cfg.protocol.name} protocol.", ""]
+    page = [
+        "## A trained model up close",
+        "",
+        f"Checkpoint `{ckpt}`, {len(lists)} {split} lists of the {cfg.protocol.name} protocol.",
+        "",
+    ]
     weights = inspect.modality_weights(model, ds, lists)
     if weights is None:
-        report.notes.append(f"no modality-weight figure: the fusion of {ckpt} (concatenation) has no weights")
+        report.notes.append(
+            f"no modality-weight figure: the fusion of {ckpt} (concatenation) has no weights"
+        )
         pairs = inspect.candidate_scores(model, ds, lists)
     else:
-        fig = plots.modality_weights_figure(weights, model.modalities, f"What the fusion weighs ({ckpt.parent.parent.name})")
+        fig = plots.modality_weights_figure(
+            weights, model.modalities, f"What the fusion weighs ({ckpt.parent.parent.name})"
+        )
         page += [_png(folder, report, "modality-weights.png", fig), ""]
         pairs = weights
     examples = inspect.prediction_examples(pairs, ds, cfg.examples)

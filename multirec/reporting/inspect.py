@@ -37,14 +37,22 @@ def checkpoint_provenance(ckpt_path: Path | str) -> dict:
     """What a multirec checkpoint records about its data and features."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise MultirecError(f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt")
+        raise MultirecError(
+            f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise DataError(f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt that multirec.train wrote") from None
-    prov = (ckpt.get("hyper_parameters") or {}).get("provenance") if isinstance(ckpt, dict) else None
+        raise DataError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt that multirec.train wrote"
+        ) from None
+    prov = (
+        (ckpt.get("hyper_parameters") or {}).get("provenance") if isinstance(ckpt, dict) else None
+    )
     if not prov or "dataset" not in prov:
-        raise DataError(f"{path} records no training provenance: it was not written by multirec.train")
+        raise DataError(
+            f"{path} records no training provenance: it was not written by multirec.train"
+        )
     return dict(prov)
 
 
@@ -64,7 +72,11 @@ def checkpoint_dataset(ckpt_path: Path | str, prepared_dir: Path | str) -> Prepa
     """The prepared dataset a checkpoint was trained on (cheap: the model is not built)."""
     prov = checkpoint_provenance(ckpt_path)
     data = (prov.get("choices") or {}).get("data")
-    return find_prepared(prepared_dir, str(prov["dataset"]), f" (python -m multirec.prepare data={data})" if data else "")
+    return find_prepared(
+        prepared_dir,
+        str(prov["dataset"]),
+        f" (python -m multirec.prepare data={data})" if data else "",
+    )
 
 
 def load_model(
@@ -119,21 +131,25 @@ def recommend(
     idx, val = top.indices[keep].numpy(), top.values[keep].numpy()
     held_out = ds.interaction_matrix("valid", "test")[u].toarray().ravel().astype(bool)
     titles = ds.items["title"].to_numpy()
-    return pl.DataFrame({
-        "rank": np.arange(1, len(idx) + 1),
-        "item_id": ds.item_ids[idx],
-        "score": val.astype(np.float64),
-        "probability": _sigmoid(val),
-        "cold": cold[idx],
-        "held_out": held_out[idx],
-        "title": titles[idx],
-    })
+    return pl.DataFrame(
+        {
+            "rank": np.arange(1, len(idx) + 1),
+            "item_id": ds.item_ids[idx],
+            "score": val.astype(np.float64),
+            "probability": _sigmoid(val),
+            "cold": cold[idx],
+            "held_out": held_out[idx],
+            "title": titles[idx],
+        }
+    )
 
 
 def _row(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     """A 1 x n_items indicator row of ``items``."""
-    return sp.csr_matrix((np.ones(len(items), dtype=np.float32), (np.zeros(len(items), dtype=np.int64), items)),
-                         shape=(1, n_items))
+    return sp.csr_matrix(
+        (np.ones(len(items), dtype=np.float32), (np.zeros(len(items), dtype=np.int64), items)),
+        shape=(1, n_items),
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -152,37 +168,55 @@ def subsample(lists: CandidateLists, max_lists: int | None, seed: int = 0) -> Ca
 
 def _batches(lists: CandidateLists) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for s in range(0, len(lists), LIST_BATCH):
-        yield torch.from_numpy(lists.users[s : s + LIST_BATCH]), torch.from_numpy(lists.items[s : s + LIST_BATCH])
+        yield (
+            torch.from_numpy(lists.users[s : s + LIST_BATCH]),
+            torch.from_numpy(lists.items[s : s + LIST_BATCH]),
+        )
 
 
-def candidate_scores(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame:
+def candidate_scores(
+    model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists
+) -> pl.DataFrame:
     """One row per (list, candidate): ids, whether it is the held-out positive, score, probability.
 
     ``rank`` is the candidate's position in its list by score (1 = top; ties by order).
     """
     parts = [model.score(u, it).numpy() for u, it in _batches(lists)]
-    scores = np.concatenate(parts) if parts else np.zeros((0, lists.items.shape[1]), dtype=np.float32)
+    scores = (
+        np.concatenate(parts) if parts else np.zeros((0, lists.items.shape[1]), dtype=np.float32)
+    )
     return _pairs_frame(ds, lists, scores)
 
 
 def _pairs_frame(ds: PreparedDataset, lists: CandidateLists, scores: np.ndarray) -> pl.DataFrame:
     n, c = lists.items.shape
     rank = np.empty_like(lists.items)
-    np.put_along_axis(rank, np.argsort(-scores, axis=1, kind="stable"), np.arange(1, c + 1)[None, :].repeat(n, 0), 1)
+    np.put_along_axis(
+        rank,
+        np.argsort(-scores, axis=1, kind="stable"),
+        np.arange(1, c + 1)[None, :].repeat(n, 0),
+        1,
+    )
     users = np.repeat(lists.users, c)
     items = lists.items.ravel()
-    return pl.DataFrame({
-        "list": np.repeat(np.arange(n), c),
-        "user_idx": users, "user_id": ds.user_ids[users],
-        "item_idx": items, "item_id": ds.item_ids[items],
-        "positive": np.tile(np.arange(c) == 0, n),
-        "score": scores.ravel().astype(np.float64),
-        "probability": _sigmoid(scores.ravel()),
-        "rank": rank.ravel(),
-    })
+    return pl.DataFrame(
+        {
+            "list": np.repeat(np.arange(n), c),
+            "user_idx": users,
+            "user_id": ds.user_ids[users],
+            "item_idx": items,
+            "item_id": ds.item_ids[items],
+            "positive": np.tile(np.arange(c) == 0, n),
+            "score": scores.ravel().astype(np.float64),
+            "probability": _sigmoid(scores.ravel()),
+            "rank": rank.ravel(),
+        }
+    )
 
 
-def prediction_examples(pairs: pl.DataFrame, ds: PreparedDataset, n: int = 4) -> dict[str, pl.DataFrame]:
+def prediction_examples(
+    pairs: pl.DataFrame, ds: PreparedDataset, n: int = 4
+) -> dict[str, pl.DataFrame]:
     """The paper's Figure 2 material, distinct items per group, from :func:`candidate_scores`:
 
     * ``best``: held-out positives the model gave the highest probability;
@@ -198,13 +232,17 @@ def prediction_examples(pairs: pl.DataFrame, ds: PreparedDataset, n: int = 4) ->
         "distractors": neg.sort("probability", descending=True),
     }
     return {
-        name: frame.unique("item_id", keep="first", maintain_order=True).head(n).join(info, on="item_id", how="left")
+        name: frame.unique("item_id", keep="first", maintain_order=True)
+        .head(n)
+        .join(info, on="item_id", how="left")
         for name, frame in picks.items()
     }
 
 
 # -- what the fusion weighs, and what each modality contributes ----------------------------
-def modality_weights(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame | None:
+def modality_weights(
+    model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists
+) -> pl.DataFrame | None:
     """:func:`candidate_scores` plus one ``w_<modality>`` column per fusion token, or None when
     the fusion has no weights (concatenation).
 
@@ -238,7 +276,9 @@ def without(model: MultimodalRecommender, modality: str) -> Iterator[None]:
     items = model.items
     flag = f"{modality}_ok"
     if items is None or getattr(items, flag, None) is None:
-        raise ConfigError(f"the model has no {modality} input to switch off (its modalities: {', '.join(model.modalities)})")
+        raise ConfigError(
+            f"the model has no {modality} input to switch off (its modalities: {', '.join(model.modalities)})"
+        )
     model.items = replace(items, **{flag: torch.zeros_like(getattr(items, flag))})
     try:
         yield
@@ -246,7 +286,9 @@ def without(model: MultimodalRecommender, modality: str) -> Iterator[None]:
         model.items = items
 
 
-def modality_contributions(model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists) -> pl.DataFrame:
+def modality_contributions(
+    model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists
+) -> pl.DataFrame:
     """:func:`candidate_scores` plus ``delta_<m>`` = score - score without modality ``m``,
     for ``visual`` and ``text`` where the model has them."""
     frame = candidate_scores(model, ds, lists)
@@ -264,4 +306,6 @@ def sample_truth(ds: PreparedDataset) -> pl.DataFrame | None:
     path = Path(ds.manifest["settings"]["root"]) / "_topics.csv"
     if not path.is_file():
         return None
-    return pl.read_csv(path, schema_overrides={"item_id": pl.String}).select("item_id", "topic", "cover_topic", "misleading")
+    return pl.read_csv(path, schema_overrides={"item_id": pl.String}).select(
+        "item_id", "topic", "cover_topic", "misleading"
+    )

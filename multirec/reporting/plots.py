@@ -48,9 +48,21 @@ def metrics_figure(table: Table) -> Figure:
     x = np.arange(len(rows))
     for j, (head, metric) in enumerate(ACCURACY):
         means = np.array([r.mean(metric) for r in rows])
-        errs = np.array([0.0 if (c := r.cells.get(metric)) is None or math.isnan(c.std) else c.std for r in rows])
-        bars = ax.bar(x + (j - (len(ACCURACY) - 1) / 2) * width, np.nan_to_num(means), width, yerr=errs,
-                      capsize=2, label=head, color=f"C{j}")
+        errs = np.array(
+            [
+                0.0 if (c := r.cells.get(metric)) is None or math.isnan(c.std) else c.std
+                for r in rows
+            ]
+        )
+        bars = ax.bar(
+            x + (j - (len(ACCURACY) - 1) / 2) * width,
+            np.nan_to_num(means),
+            width,
+            yerr=errs,
+            capsize=2,
+            label=head,
+            color=f"C{j}",
+        )
         for bar, r in zip(bars, rows, strict=True):
             if r.kind == "baseline":
                 bar.set_hatch("//")
@@ -73,8 +85,12 @@ def sampled_vs_full_figure(rows: list[Row], split: str, metric: str = "ndcg@10")
     protocols: 1 means sampled evaluation ranks them exactly as full ranking does.
     """
     xs_key, ys_key = f"{split}/sampled/{metric}", f"{split}/full/{metric}"
-    points = [(r, e.metrics[xs_key], e.metrics[ys_key]) for r in rows for e in r.entries
-              if xs_key in e.metrics and ys_key in e.metrics]
+    points = [
+        (r, e.metrics[xs_key], e.metrics[ys_key])
+        for r in rows
+        for e in r.entries
+        if xs_key in e.metrics and ys_key in e.metrics
+    ]
     if not points:
         return None
     fig = _figure(6.5, 4.8)
@@ -83,7 +99,9 @@ def sampled_vs_full_figure(rows: list[Row], split: str, metric: str = "ndcg@10")
     means = []
     for j, label in enumerate(labels):
         pts = np.array([(x, y) for r, x, y in points if r.label == label])
-        marker = "s" if next(r for r, _, _ in points if r.label == label).kind == "baseline" else "o"
+        marker = (
+            "s" if next(r for r, _, _ in points if r.label == label).kind == "baseline" else "o"
+        )
         ax.scatter(pts[:, 0], pts[:, 1], color=f"C{j % 10}", marker=marker, label=label, alpha=0.8)
         means.append(pts.mean(0))
     means = np.array(means)
@@ -99,16 +117,29 @@ def sampled_vs_full_figure(rows: list[Row], split: str, metric: str = "ndcg@10")
     return fig
 
 
-def modality_weights_figure(weights: pl.DataFrame, modalities: list[str], title: str = "") -> Figure:
+def modality_weights_figure(
+    weights: pl.DataFrame, modalities: list[str], title: str = ""
+) -> Figure:
     """Mean fusion weight per modality token, held-out positives vs sampled negatives."""
     fig = _figure(max(5.0, 0.9 * len(modalities) + 2), 3.8)
     ax = fig.add_subplot()
     x = np.arange(len(modalities))
-    for j, (name, part) in enumerate((("held-out positives", weights.filter(pl.col("positive"))),
-                                      ("sampled negatives", weights.filter(~pl.col("positive"))))):
+    for j, (name, part) in enumerate(
+        (
+            ("held-out positives", weights.filter(pl.col("positive"))),
+            ("sampled negatives", weights.filter(~pl.col("positive"))),
+        )
+    ):
         cols = [part[f"w_{m}"].to_numpy() for m in modalities]
-        ax.bar(x + (j - 0.5) * 0.4, [c.mean() for c in cols], 0.4, yerr=[c.std() for c in cols],
-               capsize=3, label=f"{name} ({part.height})", color=f"C{j}")
+        ax.bar(
+            x + (j - 0.5) * 0.4,
+            [c.mean() for c in cols],
+            0.4,
+            yerr=[c.std() for c in cols],
+            capsize=3,
+            label=f"{name} ({part.height})",
+            color=f"C{j}",
+        )
     ax.axhline(1 / len(modalities), color="grey", ls="--", lw=1, label="uniform")
     ax.set_xticks(x, modalities)
     ax.set_ylabel("fusion weight (mean \u00b1 std)")
@@ -132,9 +163,11 @@ def _cover(path: str | None) -> np.ndarray | None:
 
 def predictions_figure(examples: dict[str, pl.DataFrame]) -> Figure:
     """Covers, titles and probabilities of the best and worst predictions (the paper's Figure 2)."""
-    captions = {"best": "best: held-out interactions,\nhighest probability",
-                "missed": "missed: held-out interactions,\nlowest probability",
-                "distractors": "worst: never-interacted items,\nhighest probability"}
+    captions = {
+        "best": "best: held-out interactions,\nhighest probability",
+        "missed": "missed: held-out interactions,\nlowest probability",
+        "distractors": "worst: never-interacted items,\nhighest probability",
+    }
     groups = [(k, v) for k, v in examples.items() if v.height]
     n = max((v.height for _, v in groups), default=1)
     fig = _figure(2.3 * n + 1.2, 2.9 * max(len(groups), 1))
@@ -154,7 +187,9 @@ def predictions_figure(examples: dict[str, pl.DataFrame]) -> Figure:
             else:
                 ax.imshow(img)
             title = (row.get("title") or "").strip() or "(no title)"
-            ax.set_title(f"{row['item_id']}  p = {row['probability']:.2%}\n{title[:26]}", fontsize=7)
+            ax.set_title(
+                f"{row['item_id']}  p = {row['probability']:.2%}\n{title[:26]}", fontsize=7
+            )
             if j == 0:
                 ax.set_ylabel(captions.get(name, name), fontsize=8)
     return fig

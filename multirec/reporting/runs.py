@@ -47,8 +47,18 @@ SKIP_DIRS = frozenset({"covers", "wandb", "checkpoints", "candidates", "csv"})
 # Choices and overrides that change how a run executes or logs, not what it computes.
 # (``baseline@compare.*`` are the baselines a training run prints beside the model.)
 INFRA_GROUPS = ("paths", "logger", "trainer", "callbacks", "experiment", "hydra", "baseline")
-INFRA_KEYS = ("seed", "ckpt_path", "task_name", "device", "test", "optimized_metric",
-              "trainer.devices", "trainer.accelerator", "trainer.strategy", "trainer.num_nodes")
+INFRA_KEYS = (
+    "seed",
+    "ckpt_path",
+    "task_name",
+    "device",
+    "test",
+    "optimized_metric",
+    "trainer.devices",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.num_nodes",
+)
 INFRA_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.", "experiment")
 # Settings of a saved composed config that do not change what a run computes. The data
 # settings are covered by the prepared dataset's fingerprint.
@@ -77,7 +87,9 @@ class Entry:
     checkpoint: Path | None = None
     run_dirs: list[Path] = field(default_factory=list)
     finished: float = 0.0  # mtime of the newest metrics file
-    settings: dict[str, str] = field(default_factory=dict)  # the rest of the composed config (identity only)
+    settings: dict[str, str] = field(
+        default_factory=dict
+    )  # the rest of the composed config (identity only)
 
     @property
     def config_key(self) -> tuple:
@@ -141,7 +153,9 @@ def collect(root: Path | str) -> Collection:
             notes.append(f"skipped {run_dir}: unreadable results ({type(exc).__name__}: {exc})")
             continue
         if parsed is None:
-            notes.append(f"skipped {run_dir}: {RUN_FILE} is neither a training run nor an evaluation")
+            notes.append(
+                f"skipped {run_dir}: {RUN_FILE} is neither a training run nor an evaluation"
+            )
         elif isinstance(parsed, tuple):
             checkpoint_evals.append(parsed)
         else:
@@ -154,7 +168,9 @@ def collect(root: Path | str) -> Collection:
     for ckpt, ev in checkpoint_evals:
         target = by_checkpoint.get(ckpt.resolve())
         if target is None:
-            notes.append(f"skipped {ev.run_dirs[0]}: it evaluates {ckpt}, whose training run is not under {root}")
+            notes.append(
+                f"skipped {ev.run_dirs[0]}: it evaluates {ckpt}, whose training run is not under {root}"
+            )
             continue
         for k, v in ev.metrics.items():
             target.metrics.setdefault(k, v)
@@ -185,10 +201,17 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
         config = _model_config(choices, [] if composed else _overrides(run_dir))
         ckpt = data.get("best_checkpoint") or None
         return Entry(
-            kind="model", label=pair_label(config["encoder/visual"], config["encoder/text"]), config=config,
-            seed=int(data["seed"]), dataset=fp, metrics=metrics, lists=lists,
+            kind="model",
+            label=pair_label(config["encoder/visual"], config["encoder/text"]),
+            config=config,
+            seed=int(data["seed"]),
+            dataset=fp,
+            metrics=metrics,
+            lists=lists,
             protocols=dict((composed or {}).get("protocols") or {}),
-            checkpoint=Path(ckpt) if ckpt else None, run_dirs=[run_dir], finished=finished,
+            checkpoint=Path(ckpt) if ckpt else None,
+            run_dirs=[run_dir],
+            finished=finished,
             settings=_settings(composed) if composed else {},
         )
     if "source" not in data:
@@ -196,9 +219,16 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
     ev = data
     protocol = dict(ev.get("protocol") or {})
     entry = Entry(
-        kind="baseline", label=str(ev["model"]), config={}, seed=0, dataset=fp,
-        metrics=metrics, lists=lists, protocols={k.split("/")[1]: protocol for k in metrics if k.count("/") == 2},
-        run_dirs=[run_dir], finished=finished,
+        kind="baseline",
+        label=str(ev["model"]),
+        config={},
+        seed=0,
+        dataset=fp,
+        metrics=metrics,
+        lists=lists,
+        protocols={k.split("/")[1]: protocol for k in metrics if k.count("/") == 2},
+        run_dirs=[run_dir],
+        finished=finished,
     )
     source = ev["source"]
     if "ckpt_path" in source:
@@ -215,8 +245,16 @@ def _comparisons(run_dir: Path, run: Entry) -> list[Entry]:
     if not path.is_file():
         return []
     return [
-        Entry(kind="baseline", label=str(name), config={"baseline": str(name)}, seed=0, dataset=run.dataset,
-              metrics=_floats(metrics), run_dirs=[run_dir], finished=run.finished)
+        Entry(
+            kind="baseline",
+            label=str(name),
+            config={"baseline": str(name)},
+            seed=0,
+            dataset=run.dataset,
+            metrics=_floats(metrics),
+            run_dirs=[run_dir],
+            finished=run.finished,
+        )
         for name, metrics in json.loads(path.read_text()).items()
     ]
 
@@ -227,11 +265,19 @@ def _protocols(metrics: dict[str, float]) -> set[str]:
 
 def _missing_baselines(entries: list[Entry], comparisons: list[Entry]) -> list[Entry]:
     """Comparison results for (baseline, protocol) pairs no evaluation run covers."""
-    have = {(e.label, e.dataset, p) for e in entries if e.kind == "baseline" for p in _protocols(e.metrics)}
+    have = {
+        (e.label, e.dataset, p)
+        for e in entries
+        if e.kind == "baseline"
+        for p in _protocols(e.metrics)
+    }
     out = []
     for c in comparisons:
-        metrics = {k: v for k, v in c.metrics.items()
-                   if k.count("/") == 2 and (c.label, c.dataset, k.split("/")[1]) not in have}
+        metrics = {
+            k: v
+            for k, v in c.metrics.items()
+            if k.count("/") == 2 and (c.label, c.dataset, k.split("/")[1]) not in have
+        }
         if metrics:
             out.append(replace(c, metrics=metrics))
     return out
@@ -274,14 +320,21 @@ def _model_config(choices: dict[str, str], overrides: list[str]) -> dict[str, st
     if visual is None or text is None:  # only the pair's name is known
         visual, _, text = choices.get("encoder", "").partition("_")
     config = {
-        k: v for k, v in choices.items()
+        k: v
+        for k, v in choices.items()
         if k != "encoder" and not k.startswith("encoder/") and _group(k) not in INFRA_GROUPS
     }
     config["encoder/visual"] = visual or "none"
     config["encoder/text"] = text or "none"
     for item in overrides:
         key, sep, value = item.lstrip("+~").partition("=")
-        if not sep or key in choices or "@" in key or key in INFRA_KEYS or key.startswith(INFRA_PREFIXES):
+        if (
+            not sep
+            or key in choices
+            or "@" in key
+            or key in INFRA_KEYS
+            or key.startswith(INFRA_PREFIXES)
+        ):
             continue  # group choices are in `choices`; packaged groups are the compared baselines
         config[key] = value
     return config
@@ -298,8 +351,13 @@ def _merge(found: list[Entry], notes: list[str]) -> list[Entry]:
     for run in sorted(found, key=lambda e: e.finished):
         have = merged.get(run.key)
         if have is None:
-            merged[run.key] = replace(run, metrics=dict(run.metrics), lists=dict(run.lists),
-                                      protocols=dict(run.protocols), run_dirs=list(run.run_dirs))
+            merged[run.key] = replace(
+                run,
+                metrics=dict(run.metrics),
+                lists=dict(run.lists),
+                protocols=dict(run.protocols),
+                run_dirs=list(run.run_dirs),
+            )
             continue
         replaced = sorted(set(have.metrics) & set(run.metrics))
         if replaced:

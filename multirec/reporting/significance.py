@@ -77,7 +77,9 @@ def per_list(row: Row, split: str, protocol: str, metric: str) -> pl.DataFrame |
     return merged.drop("n")
 
 
-def paired_test(a: Row, b: Row, split: str, protocol: str, metric: str = "ndcg@10") -> PairedTest | str:
+def paired_test(
+    a: Row, b: Row, split: str, protocol: str, metric: str = "ndcg@10"
+) -> PairedTest | str:
     """Test ``a`` against ``b`` on their per-list ``metric``; a string says why it cannot be done."""
     fa, fb = per_list(a, split, protocol, metric), per_list(b, split, protocol, metric)
     for f in (fa, fb):
@@ -102,8 +104,26 @@ def paired_test(a: Row, b: Row, split: str, protocol: str, metric: str = "ndcg@1
         t_stat, t_p, w_stat, w_p = 0.0, 1.0, 0.0, 1.0
     else:
         t, w = stats.ttest_rel(x, y), stats.wilcoxon(d)
-        t_stat, t_p, w_stat, w_p = float(t.statistic), float(t.pvalue), float(w.statistic), float(w.pvalue)
+        t_stat, t_p, w_stat, w_p = (
+            float(t.statistic),
+            float(t.pvalue),
+            float(w.statistic),
+            float(w.pvalue),
+        )
     return PairedTest(
-        metric, split, protocol, a.label, b.label, n, float(x.mean()), float(y.mean()), float(d.mean()),
-        float(d.mean()) - half, float(d.mean()) + half, t_stat, t_p, w_stat, w_p,
+        metric,
+        split,
+        protocol,
+        a.label,
+        b.label,
+        n,
+        float(x.mean()),
+        float(y.mean()),
+        float(d.mean()),
+        float(d.mean()) - half,
+        float(d.mean()) + half,
+        t_stat,
+        t_p,
+        w_stat,
+        w_p,
     )

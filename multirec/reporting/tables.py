@@ -21,8 +21,12 @@ from multirec.reporting.runs import TEXT_NAMES, VISUAL_NAMES, Entry
 
 # (column heading, metric name) in the paper's order; MRR is truncated at 10 (as the paper's).
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("R@5", "recall@5"), ("NDCG@5", "ndcg@5"), ("R@10", "recall@10"),
-    ("NDCG@10", "ndcg@10"), ("MRR", "mrr@10"), ("Novelty", "novelty@10"),
+    ("R@5", "recall@5"),
+    ("NDCG@5", "ndcg@5"),
+    ("R@10", "recall@10"),
+    ("NDCG@10", "ndcg@10"),
+    ("MRR", "mrr@10"),
+    ("Novelty", "novelty@10"),
 )
 KEY_METRIC = "ndcg@10"  # what "best model" and "strongest baseline" mean
 PROTOCOL_ORDER = ("sampled", "full", "cold_items")
@@ -84,7 +88,11 @@ class Table:
 
     def best(self, metric: str) -> set[int]:
         """ids of the rows holding the best mean of ``metric`` (ties at the printed precision)."""
-        means = {id(r): round(r.mean(metric), DIGITS) for r in self.rows if not math.isnan(r.mean(metric))}
+        means = {
+            id(r): round(r.mean(metric), DIGITS)
+            for r in self.rows
+            if not math.isnan(r.mean(metric))
+        }
         if not means:
             return set()
         top = max(means.values())
@@ -93,8 +101,16 @@ class Table:
 
 def protocols_of(entries: list[Entry], split: str) -> list[str]:
     """Protocols with results on ``split``, the paper's first."""
-    found = {k.split("/")[1] for e in entries for k in e.metrics if k.startswith(f"{split}/") and k.count("/") == 2}
-    return sorted(found, key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else len(PROTOCOL_ORDER), p))
+    found = {
+        k.split("/")[1]
+        for e in entries
+        for k in e.metrics
+        if k.startswith(f"{split}/") and k.count("/") == 2
+    }
+    return sorted(
+        found,
+        key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else len(PROTOCOL_ORDER), p),
+    )
 
 
 def aggregate(entries: list[Entry], split: str, protocol: str) -> list[Row]:
@@ -108,14 +124,27 @@ def aggregate(entries: list[Entry], split: str, protocol: str) -> list[Row]:
     for members in groups.values():
         cells = {}
         for _, metric in COLUMNS:
-            values = np.array([e.metrics[prefix + metric] for e in members if prefix + metric in e.metrics])
+            values = np.array(
+                [e.metrics[prefix + metric] for e in members if prefix + metric in e.metrics]
+            )
             if values.size:
                 std = float(values.std(ddof=1)) if values.size > 1 else math.nan
                 cells[metric] = Cell(float(values.mean()), std, int(values.size))
-        counts = Counter(int(e.metrics[prefix + "n_lists"]) for e in members if prefix + "n_lists" in e.metrics)
+        counts = Counter(
+            int(e.metrics[prefix + "n_lists"]) for e in members if prefix + "n_lists" in e.metrics
+        )
         n_lists = counts.most_common(1)[0][0] if counts else None
         first = members[0]
-        rows.append(Row(first.label, first.kind, first.config, sorted(members, key=lambda e: e.seed), cells, n_lists))
+        rows.append(
+            Row(
+                first.label,
+                first.kind,
+                first.config,
+                sorted(members, key=lambda e: e.seed),
+                cells,
+                n_lists,
+            )
+        )
     _disambiguate(rows)
     return rows
 
@@ -157,12 +186,17 @@ def _encoders(row: Row) -> tuple[str, str]:
 
 def _baseline_order(row: Row) -> tuple:
     base = row.entries[0].label
-    return (BASELINE_ORDER.index(base) if base in BASELINE_ORDER else len(BASELINE_ORDER), row.label)
+    return (
+        BASELINE_ORDER.index(base) if base in BASELINE_ORDER else len(BASELINE_ORDER),
+        row.label,
+    )
 
 
 def protocol_description(rows: list[Row], protocol: str) -> str:
     """How the lists were built, from the settings any of ``rows`` recorded (baselines do)."""
-    settings = next((e.protocols[protocol] for r in rows for e in r.entries if protocol in e.protocols), {})
+    settings = next(
+        (e.protocols[protocol] for r in rows for e in r.entries if protocol in e.protocols), {}
+    )
     n = settings.get("n_negatives")
     if protocol == "sampled":
         negatives = f"{n} sampled" if n else "sampled"
@@ -206,14 +240,22 @@ def _caption(
 def table2(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
     """Baselines, then models that use both a visual and a text encoder, by encoder pair."""
     baselines = sorted((r for r in rows if r.kind == "baseline"), key=_baseline_order)
-    models = sorted((r for r in rows if r.kind == "model" and "none" not in _encoders(r)), key=lambda r: r.label)
+    models = sorted(
+        (r for r in rows if r.kind == "model" and "none" not in _encoders(r)), key=lambda r: r.label
+    )
     if not baselines and not models:
         return None
-    sections = [Section(h, rs) for h, rs in (("Baselines", baselines), ("Multimodal models", models)) if rs]
-    caption, notes, odd = _caption("Top-k retrieval", baselines + models, rows, split, protocol, dataset)
+    sections = [
+        Section(h, rs) for h, rs in (("Baselines", baselines), ("Multimodal models", models)) if rs
+    ]
+    caption, notes, odd = _caption(
+        "Top-k retrieval", baselines + models, rows, split, protocol, dataset
+    )
     if any(r.kind == "model" and "none" in _encoders(r) for r in rows):
         notes.append("single-modality models are in the ablation table (Table 3)")
-    return Table(f"table2-{split}-{protocol}", "Table 2", caption, split, protocol, sections, notes, odd)
+    return Table(
+        f"table2-{split}-{protocol}", "Table 2", caption, split, protocol, sections, notes, odd
+    )
 
 
 def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
@@ -246,8 +288,12 @@ def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | 
             group.append(_relabel(visual_only, f"w/o text (Visual-only: {VISUAL_NAMES.get(v, v)})"))
         sections.append(Section(full.label if len(groups) > 1 else None, group))
     members = [r for s in sections for r in s.rows]
-    caption, notes, odd = _caption("Ablation of the modalities", members, rows, split, protocol, dataset)
-    return Table(f"table3-{split}-{protocol}", "Table 3", caption, split, protocol, sections, notes, odd)
+    caption, notes, odd = _caption(
+        "Ablation of the modalities", members, rows, split, protocol, dataset
+    )
+    return Table(
+        f"table3-{split}-{protocol}", "Table 3", caption, split, protocol, sections, notes, odd
+    )
 
 
 def _relabel(row: Row, label: str) -> Row:
@@ -268,9 +314,12 @@ def to_markdown(table: Table, extra: list[str] | None = None) -> str:
     """The table with its caption above and notes (plus ``extra`` lines) below."""
     heads = [h for h, _ in COLUMNS]
     best = {m: table.best(m) for _, m in COLUMNS}
-    lines = [f"**{table.title}.** {table.caption}", "",
-             "| Method | " + " | ".join(heads) + " | Seeds |",
-             "|---|" + "---:|" * (len(heads) + 1)]
+    lines = [
+        f"**{table.title}.** {table.caption}",
+        "",
+        "| Method | " + " | ".join(heads) + " | Seeds |",
+        "|---|" + "---:|" * (len(heads) + 1),
+    ]
     for section in table.sections:
         if section.heading:
             lines.append(f"| *{section.heading}* |" + " |" * (len(heads) + 1))
@@ -291,10 +340,16 @@ def to_csv(table: Table) -> str:
     records = []
     for section in table.sections:
         for r in section.rows:
-            rec: dict[str, object] = {"section": section.heading or "", "method": table.label(r), "kind": r.kind,
-                                      "split": table.split, "protocol": table.protocol,
-                                      "n_seeds": len(r.entries), "seeds": " ".join(map(str, r.seeds)),
-                                      "n_lists": r.n_lists}
+            rec: dict[str, object] = {
+                "section": section.heading or "",
+                "method": table.label(r),
+                "kind": r.kind,
+                "split": table.split,
+                "protocol": table.protocol,
+                "n_seeds": len(r.entries),
+                "seeds": " ".join(map(str, r.seeds)),
+                "n_lists": r.n_lists,
+            }
             for _, m in COLUMNS:
                 cell = r.cells.get(m)
                 rec[f"{m}_mean"] = cell.mean if cell else None
@@ -305,9 +360,21 @@ def to_csv(table: Table) -> str:
     return buf.getvalue().decode()
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "\u00b1": r"$\pm$", DIFFERENT_LISTS: r"$^\dagger$", "\u2013": "--"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\u00b1": r"$\pm$",
+    DIFFERENT_LISTS: r"$^\dagger$",
+    "\u2013": "--",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -319,21 +386,35 @@ def to_latex(table: Table) -> str:
     heads = [h for h, _ in COLUMNS]
     best = {m: table.best(m) for _, m in COLUMNS}
     width = len(heads) + 2
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{latex_escape(table.caption)}}}", rf"\label{{tab:{table.name}}}",
-             r"\begin{tabular}{l" + "r" * (width - 1) + "}", r"\toprule",
-             "Method & " + " & ".join(latex_escape(h) for h in heads) + r" & Seeds \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{latex_escape(table.caption)}}}",
+        rf"\label{{tab:{table.name}}}",
+        r"\begin{tabular}{l" + "r" * (width - 1) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(latex_escape(h) for h in heads) + r" & Seeds \\",
+        r"\midrule",
+    ]
     for i, section in enumerate(table.sections):
         if i:
             lines.append(r"\midrule")
         if section.heading:
-            lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(section.heading)}}}}} \\")
+            lines.append(
+                rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(section.heading)}}}}} \\"
+            )
         for r in section.rows:
             cells = []
             for _, m in COLUMNS:
                 text = latex_escape(_cell_text(r.cells.get(m), " \u00b1 "))
                 cells.append(rf"\textbf{{{text}}}" if id(r) in best[m] else text)
-            lines.append(latex_escape(table.label(r)) + " & " + " & ".join(cells) + rf" & {len(r.entries)} \\")
+            lines.append(
+                latex_escape(table.label(r))
+                + " & "
+                + " & ".join(cells)
+                + rf" & {len(r.entries)} \\"
+            )
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
         lines.append(r"\par\footnotesize " + "; ".join(latex_escape(n) for n in table.notes))
