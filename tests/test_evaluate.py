@@ -23,7 +23,7 @@ from multirec.eval.evaluator import evaluate, tag_features
 from multirec.eval.protocols import FullProtocol, SampledProtocol
 from multirec.eval.table import format_tables
 from multirec.evaluate import run
-from multirec.models.base import Recommender
+from multirec.models.base import Recommender, Validation
 from tests.conftest import compose_cfg
 
 
@@ -94,7 +94,7 @@ class Broken(Recommender):
     def __init__(self, value: float, shape_ok: bool = True) -> None:
         self.value, self.shape_ok = value, shape_ok
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         pass
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 from multirec.data.dataset import PreparedDataset
 from multirec.data.negatives import NegativeSampler
 from multirec.errors import ConfigError
-from multirec.models.base import Recommender
+from multirec.models.base import Recommender, Validation
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BPRMF(Recommender):
     def name(self) -> str:
         return "BPR-MF"
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         p = torch.randn(dataset.n_users, self.factors, generator=gen) * 0.1
         q = torch.randn(dataset.n_items, self.factors, generator=gen) * 0.1

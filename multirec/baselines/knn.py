@@ -27,7 +27,7 @@ import torch
 
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ConfigError
-from multirec.models.base import Recommender
+from multirec.models.base import Recommender, Validation
 
 
 def topk_cosine(rows: sp.csr_matrix, k: int, shrink: float, block: int = 4096) -> sp.csr_matrix:
@@ -111,7 +111,7 @@ class ItemKNN(_NeighbourhoodModel):
     def name(self) -> str:
         return "ItemKNN"
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         self.train = dataset.interaction_matrix("train")
         self.right = topk_cosine(self.train.T.tocsr(), self.k, self.shrink, self.block)
 
@@ -126,7 +126,7 @@ class UserKNN(_NeighbourhoodModel):
     def name(self) -> str:
         return "UserKNN"
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         self.right = dataset.interaction_matrix("train")
         self.sim = topk_cosine(self.right, self.k, self.shrink, self.block)
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from multirec.data.dataset import PreparedDataset
-from multirec.models.base import Recommender
+from multirec.models.base import Recommender, Validation
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX_ITEM = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -35,7 +35,7 @@ class RandomRecommender(Recommender):
     def name(self) -> str:
         return "Random"
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         """Nothing to learn."""
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ class MostPopular(Recommender):
     def name(self) -> str:
         return "MostPopular"
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         train = dataset.interaction_matrix("train")
         self.counts = torch.from_numpy(np.asarray(train.sum(axis=0)).ravel().astype(np.float32))
 

@@ -20,6 +20,7 @@ the dataset, and stores :attr:`fitted_on` in its checkpoint (``DatasetSignature.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ import torch
 
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ArtefactMismatchError, MultirecError
+
+Validation = Callable[["Recommender"], float]
+"""Validation score of a model as it stands (higher is better), built by :mod:`multirec.eval`."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,19 @@ class Recommender(ABC):
         return type(self).__name__
 
     # -- fitting -------------------------------------------------------------------
-    def fit(self, dataset: PreparedDataset) -> Recommender:
-        """Learn from ``dataset.train`` and remember which dataset that was."""
+    def fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> Recommender:
+        """Learn from ``dataset.train`` and remember which dataset that was.
+
+        ``validation`` scores the model as it stands on the validation split (higher is
+        better); iterative models use it for early stopping and model selection, others
+        ignore it. It never sees test data.
+        """
         self.bind(dataset)
-        self._fit(dataset)
+        self._fit(dataset, validation)
         return self
 
     @abstractmethod
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None) -> None:
         """Model-specific training on ``dataset.train`` only."""
 
     def bind(self, dataset: PreparedDataset) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import MultirecError
-from multirec.models.base import Recommender
+from multirec.models.base import Recommender, Validation
 from multirec.models.items import ItemInputs
 
 
@@ -301,7 +301,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             [t.reshape(b * c, -1) for t in user_toks], item_toks, b, c, pairwise=False
         )
 
-    def _fit(self, dataset: PreparedDataset) -> None:
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.
 
         ``multirec.train`` is the full recipe (early stopping, checkpoints, logging).
