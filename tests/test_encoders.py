@@ -14,7 +14,8 @@ from PIL import Image
 
 from multirec.errors import ConfigError, DataError
 from multirec.features.cache import MISSING, OK, UNDECODABLE
-from multirec.features.encoders import CoverLoader, HFTextEncoder, masked_mean, to_rgb
+from multirec.features.encoders.base import CoverLoader, to_rgb
+from multirec.features.encoders.text import HFTextEncoder, masked_mean
 from multirec.features.extraction import instantiate_encoder
 from tests.conftest import compose_cfg
 

@@ -47,7 +47,7 @@ from multirec.features.cache import (
     check_finished,
     open_h5,
 )
-from multirec.features.encoders import Encoder, Preprocessing
+from multirec.features.encoders.base import Encoder, Preprocessing
 from multirec.io import fingerprint
 
 log = logging.getLogger(__name__)
