@@ -14,7 +14,8 @@ from PIL import Image
 
 from multirec.errors import ConfigError, DataError
 from multirec.features.cache import MISSING, OK, UNDECODABLE
-from multirec.features.encoders import CoverLoader, masked_mean, to_rgb
+from multirec.features.encoders.base import CoverLoader, to_rgb
+from multirec.features.encoders.text import HFTextEncoder, masked_mean
 from multirec.features.extraction import instantiate_encoder
 from tests.conftest import compose_cfg
 
@@ -356,6 +357,23 @@ def test_identity_follows_file_content_and_options_not_location(tmp_path):
         "text"
     ].identity()
     assert changed["files"]["vocab.txt"] != ident[path]["files"]["vocab.txt"]
+
+
+class _OwnTextEncoder(HFTextEncoder):
+    """An encoder defined outside multirec, as a user's config may name one."""
+
+
+def test_identity_names_encoder_classes_by_their_public_path(tmp_path):
+    # The class path is part of the cache key: which module of the package defines a class
+    # must not matter, or a reorganised package would orphan every cache and checkpoint.
+    path = save_tiny_bert(tmp_path / "bert")
+    _, enc = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={path}")
+    assert enc["text"].identity()["encoder"] == "multirec.features.encoders.HFTextEncoder"
+    assert (
+        enc["visual"].identity()["encoder"] == "multirec.features.encoders.EfficientNetLite0Encoder"
+    )
+    own = _OwnTextEncoder("tiny", path=str(path))
+    assert own.identity()["encoder"] == f"{__name__}._OwnTextEncoder"
 
 
 # -- configuration errors --------------------------------------------------------------------

@@ -124,12 +124,13 @@ def test_every_item_is_encoded_and_unusable_ones_are_marked(ds, reference):
 def test_second_call_is_a_cache_hit_without_loading_the_model(ds, reference, monkeypatch, caplog):
     enc_cfg, paths = reference
     mtimes = {p: p.stat().st_mtime_ns for p in paths.values()}
-    from multirec.features import encoders as enc_mod
+    from multirec.features.encoders.hf_image import HFImageEncoder
+    from multirec.features.encoders.text import HFTextEncoder
 
     def no_model(self):
         raise AssertionError("the model was loaded for a cache hit")
 
-    for cls in (enc_mod.HFImageEncoder, enc_mod.HFTextEncoder):
+    for cls in (HFImageEncoder, HFTextEncoder):
         monkeypatch.setattr(cls, "preprocessing", no_model)
         monkeypatch.setattr(cls, "network", no_model)
     with caplog.at_level(logging.INFO, logger="multirec"):

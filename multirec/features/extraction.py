@@ -47,7 +47,7 @@ from multirec.features.cache import (
     check_finished,
     open_h5,
 )
-from multirec.features.encoders import Encoder, Preprocessing
+from multirec.features.encoders.base import Encoder, Preprocessing
 from multirec.io import fingerprint
 
 log = logging.getLogger(__name__)
@@ -382,23 +382,7 @@ def _build(
     shard_rows = sum(b - a for a, b in mine)
     _check_space(final.parent, shard_rows * (dim * itemsize + 2) + (1 << 20), partial)
 
-    attrs = {
-        "dataset_fingerprint": dataset.fingerprint,
-        "encoder_fingerprint": encoder_fp,
-        "encoder": identity,
-        "model": encoder.model,
-        "modality": encoder.modality,
-        "dim": dim,
-        "dtype": encoder.dtype,
-        "n_items": n,
-        "chunk_rows": chunk_rows,
-        "dataset": str(dataset.root),
-        "source": encoder.source.origin,
-        "versions": library_versions(),
-        "preprocessing": pre.describe,
-        "device": str(dev),
-        "world_size": world,
-    }
+    attrs = _cache_attrs(dataset, encoder, identity, encoder_fp, pre, dim, chunk_rows, dev, world)
     t0 = time.perf_counter()
     done_before = 0
     if mine:
@@ -407,18 +391,7 @@ def _build(
             writer = ShardWriter.open(partial, start, stop, dim, encoder.dtype, attrs)
         try:
             done_before = writer.rows_done
-            if done_before:
-                log.info("resuming %s at item %d of %d", partial, start + done_before, stop)
-            else:
-                log.info(
-                    "extracting %s features of %d items with %s (%s) on %s into %s",
-                    encoder.modality,
-                    stop - start,
-                    encoder.model,
-                    encoder.source.origin,
-                    dev,
-                    partial,
-                )
+            _log_start(encoder, partial, start, stop, done_before, dev)
             todo = [(a, b) for a, b in mine if a >= start + done_before]
             with _disk_errors(partial):
                 _run(
@@ -447,6 +420,56 @@ def _build(
         dist.barrier()
     rate = (shard_rows - done_before) / max(time.perf_counter() - t0, 1e-9)
     log.info("feature cache written: %s (%.1f items/s)", final, rate)
+
+
+def _cache_attrs(
+    dataset: PreparedDataset,
+    encoder: Encoder,
+    identity: dict,
+    encoder_fp: str,
+    pre: Preprocessing,
+    dim: int,
+    chunk_rows: int,
+    dev: torch.device,
+    world: int,
+) -> dict:
+    """What the cache file records: the fingerprints checked before reuse, and how the
+    features were made, for whoever reads the file later."""
+    return {
+        "dataset_fingerprint": dataset.fingerprint,
+        "encoder_fingerprint": encoder_fp,
+        "encoder": identity,
+        "model": encoder.model,
+        "modality": encoder.modality,
+        "dim": dim,
+        "dtype": encoder.dtype,
+        "n_items": dataset.n_items,
+        "chunk_rows": chunk_rows,
+        "dataset": str(dataset.root),
+        "source": encoder.source.origin,
+        "versions": library_versions(),
+        "preprocessing": pre.describe,
+        "device": str(dev),
+        "world_size": world,
+    }
+
+
+def _log_start(
+    encoder: Encoder, partial: Path, start: int, stop: int, done_before: int, dev: torch.device
+) -> None:
+    """Say whether this shard resumes an unfinished file or starts one, and on what."""
+    if done_before:
+        log.info("resuming %s at item %d of %d", partial, start + done_before, stop)
+    else:
+        log.info(
+            "extracting %s features of %d items with %s (%s) on %s into %s",
+            encoder.modality,
+            stop - start,
+            encoder.model,
+            encoder.source.origin,
+            dev,
+            partial,
+        )
 
 
 def _run(
