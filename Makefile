@@ -26,7 +26,7 @@ train: $(STAMP) ## the main job: sample -> prepare -> extract -> train -> test (
 	$(PY) -m multirec.train $(ARGS)
 
 baselines: $(STAMP) ## every baseline under both protocols on the default data, one table
-	$(PY) -m multirec.evaluate -m baseline=random,mostpop,itemknn,userknn,bprmf eval=sampled,full $(ARGS)
+	$(PY) -m multirec.evaluate -m baseline=random,mostpop,itemknn,userknn,bprmf protocol=sampled,full $(ARGS)
 
 sweep: $(STAMP) ## the paper's six encoder pairs x 3 seeds (needs the hub models or local paths)
 	$(PY) -m multirec.train experiment=paper_encoders $(ARGS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from multirec.errors import ConfigError
@@ -36,3 +36,10 @@ def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) ->
         raise ConfigError(
             f"config {where}.{key}: {msg}".replace(f"{where}.:", f"{where}:")
         ) from None
+
+
+def plain(node: Any) -> Any:
+    """``node`` as plain Python containers (resolved), so it can be saved as data."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

@@ -1,4 +1,4 @@
-"""``python -m multirec.evaluate baseline=itemknn eval=sampled`` (or ``ckpt_path=...``).
+"""``python -m multirec.evaluate baseline=itemknn protocol=sampled`` (or ``ckpt_path=...``).
 
 Fits the chosen baseline on the training split -- or loads a trained checkpoint -- and
 scores it under the chosen protocol on the saved candidates; writes ``metrics.json``,
@@ -16,18 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
 from multirec.data.dataset import PreparedDataset
-from multirec.data.pipeline import ensure_prepared
 from multirec.eval.candidates import CandidateLists
-from multirec.eval.evaluator import evaluate, tag_features, write_results
+from multirec.eval.evaluator import evaluate, write_results
 from multirec.eval.table import format_tables
 from multirec.models.base import Recommender
+from multirec.pipeline.stages import ensure_prepared
 
 
 def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
     """The one place the model to evaluate comes from: ``ckpt_path`` if set, else the baseline."""
     if cfg.ckpt_path is not None:
         # imported here: it pulls in the encoder stack, which baselines never need
-        from multirec.models.loading import load_checkpoint
+        from multirec.pipeline.checkpoints import load_checkpoint
 
         return load_checkpoint(cfg.ckpt_path, dataset, cfg.paths.cache_dir, device=cfg.device)
     return instantiate(cfg.baseline).fit(dataset)
@@ -37,13 +37,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the configured model; write results into ``cfg.paths.output_dir``; return metrics."""
     dataset = ensure_prepared(cfg.data, cfg.paths)
     model = load_model(cfg, dataset)
-    protocol = instantiate(cfg.eval)
+    protocol = instantiate(cfg.protocol)
     result = evaluate(
         model,
         dataset,
         protocol,
         cfg.split,
-        item_features=tag_features(dataset),
+        metrics=instantiate(cfg.eval),
         batch_size=cfg.batch_size,
     )
     lists = protocol.lists(dataset, cfg.split)
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "source": {"ckpt_path": cfg.ckpt_path}
         if cfg.ckpt_path is not None
         else {"baseline": OmegaConf.to_container(cfg.baseline, resolve=True)},
-        "protocol": OmegaConf.to_container(cfg.eval, resolve=True),
+        "protocol": OmegaConf.to_container(cfg.protocol, resolve=True),
         "split": cfg.split,
         "dataset": {"fingerprint": dataset.fingerprint, "root": str(dataset.root)},
         "candidates": str(lists.path) if isinstance(lists, CandidateLists) else None,

@@ -13,7 +13,6 @@ import hydra
 from omegaconf import DictConfig
 
 from multirec.cli import user_errors
-from multirec.data.pipeline import ensure_prepared
 from multirec.features.extraction import (
     ensure_cache,
     init_distributed,
@@ -21,6 +20,7 @@ from multirec.features.extraction import (
     rank_zero_first,
 )
 from multirec.io import atomic_write_json
+from multirec.pipeline.stages import ensure_prepared
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")

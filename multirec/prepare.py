@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from multirec.cli import user_errors
 from multirec.data.dataset import PreparedDataset
-from multirec.data.pipeline import ensure_prepared
+from multirec.pipeline.stages import ensure_prepared
 
 
 def summary(ds: PreparedDataset) -> str:

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from multirec.cli import user_errors
 from multirec.errors import ConfigError
 from multirec.io import atomic_write_bytes
-from multirec.reporting.inspect import checkpoint_dataset, recommend, user_index
+from multirec.pipeline.checkpoints import checkpoint_dataset, load_checkpoint
+from multirec.reporting.inspect import recommend, user_index
 
 
 def format_recommendations(recs: pl.DataFrame, title_width: int = 50) -> str:
@@ -45,8 +46,6 @@ def run(cfg: DictConfig) -> pl.DataFrame:
             )
     ds = checkpoint_dataset(cfg.ckpt_path, cfg.paths.prepared_dir)
     user_index(ds, str(cfg.user))  # an unknown user fails before the model is built
-    from multirec.models.loading import load_checkpoint
-
     model = load_checkpoint(cfg.ckpt_path, ds, cfg.paths.cache_dir, cfg.device)
     recs = recommend(model, ds, str(cfg.user), int(cfg.k), include_cold=bool(cfg.include_cold))
     out = Path(cfg.paths.output_dir) / "recommendations.csv"

@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> Report:
     figures = None
     if cfg.figures:
         figures = CheckpointFigures(
-            protocol=instantiate(cfg.eval),
+            protocol=instantiate(cfg.protocol),
             ckpt_path=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
             device=cfg.device,
             examples=cfg.examples,

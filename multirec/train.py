@@ -14,7 +14,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -23,12 +22,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
-from multirec.data.pipeline import ensure_prepared
-from multirec.errors import ArtefactMismatchError, ConfigError
+from multirec.errors import ConfigError
+from multirec.eval.callback import RankingEvaluation
 from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
-from multirec.models.loading import build_item_inputs, hparams_difference
-from multirec.models.recommender import MultimodalRecommender
+from multirec.models.neural import dataset_sizes
+from multirec.pipeline.checkpoints import check_resume, read_checkpoint
+from multirec.pipeline.stages import build_item_inputs, ensure_prepared
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ def _choices() -> dict[str, str]:
         }
     except ValueError:  # composed outside a Hydra app (tests)
         return {}
-
-
-def check_resume(ckpt_path: str, model: MultimodalRecommender) -> None:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    diff = hparams_difference(dict(ckpt.get("hyper_parameters", {})), dict(model.hparams))
-    if diff:
-        raise ArtefactMismatchError(
-            f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})"
-        )
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -82,40 +73,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # seeded after extraction, which draws from the global generators: a run that finds its
     # features cached then starts from the same weights as the run that extracted them
     L.seed_everything(cfg.seed, workers=True)
-    protocols = {name: instantiate(p) for name, p in cfg.protocols.items()}
-    datamodule = instantiate(
-        cfg.datamodule,
-        dataset=ds,
-        protocols=protocols,
+    evaluation = RankingEvaluation(
+        ds,
+        protocols={name: instantiate(p) for name, p in cfg.protocols.items()},
+        metrics=instantiate(cfg.eval),
         valid_protocol=cfg.valid_protocol,
-        item_features=items.content,
     )
+    datamodule = instantiate(cfg.datamodule, dataset=ds, item_features=items.content)
     provenance = {
         "dataset": ds.fingerprint,
         "encoder": OmegaConf.to_container(cfg.encoder, resolve=True),
         "caches": caches,
         "choices": _choices(),
     }
-    model = MultimodalRecommender(
-        n_users=ds.n_users,
-        n_items=ds.n_items,
-        n_tags=ds.n_tags,
-        n_numeric=len(ds.numeric_columns),
-        visual_dim=items.visual_dim,
-        text_dim=items.text_dim,
-        fusion=OmegaConf.to_container(cfg.fusion, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        provenance=provenance,
-        **cfg.model,
-    )
-    model.bind(ds)
-    model.attach_items(items, ds.interaction_matrix("train"))
+    model = instantiate(cfg.model, **dataset_sizes(ds, items), provenance=provenance)
+    model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # evaluation first: checkpointing and early stopping monitor the metrics it logs
+    callbacks = [evaluation, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     run = {
@@ -130,17 +109,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "dataset": {"fingerprint": ds.fingerprint, "root": str(ds.root)},
         "choices": provenance["choices"],
         "caches": caches,
-        "modalities": model.modalities,
+        "modalities": getattr(model, "modalities", []),
     }
     comparison: dict[str, dict[str, float]] = {}
-    if cfg.test:
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
-        if trainer.is_global_zero:
-            metrics.update(datamodule.save_results(out_dir, run))
-            for bcfg in (cfg.get("compare") or {}).values():
-                baseline = instantiate(bcfg).fit(ds)
-                comparison[baseline.name] = datamodule.evaluate(baseline, "test", keep=False)
-            atomic_write_json(out_dir / "comparison.json", comparison)
+    if cfg.test and trainer.is_global_zero:
+        if ckpt:
+            model.load_state_dict(read_checkpoint(ckpt)["state_dict"])
+        metrics.update(evaluation.test(trainer, model, out_dir, run))
+        for bcfg in (cfg.get("compare") or {}).values():
+            baseline = instantiate(bcfg).fit(ds)
+            comparison[baseline.name] = evaluation.compare(baseline)
+        atomic_write_json(out_dir / "comparison.json", comparison)
     for logger in loggers if trainer.is_global_zero else []:  # other ranks hold no W&B run
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
             logger.experiment.summary.update(

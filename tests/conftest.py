@@ -28,7 +28,7 @@ def compose_cfg(config_name: str, overrides: list[str], root: Path) -> DictConfi
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """The ``tiny`` synthetic sample, prepared with ``data=tiny`` (shared, read-only)."""
-    from multirec.data.pipeline import ensure_prepared
+    from multirec.pipeline.stages import ensure_prepared
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = compose_cfg("prepare", ["data=tiny"], root)

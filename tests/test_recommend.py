@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from multirec.errors import ConfigError
+from multirec.pipeline import checkpoints
 from multirec.reporting import inspect
 from tests.conftest import compose_cfg
 
@@ -90,7 +91,7 @@ def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):
     from multirec import recommend
 
     root, info = tiny_trained
-    ds = inspect.checkpoint_dataset(info["ckpt"], root / "outputs" / "prepared")
+    ds = checkpoints.checkpoint_dataset(info["ckpt"], root / "outputs" / "prepared")
     u = int(ds.test.users[0])
     cfg = compose_cfg(
         "recommend", [f"ckpt_path={info['ckpt']}", f"user={ds.user_ids[u]}", "k=5"], root
@@ -103,7 +104,7 @@ def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):
     )
     assert not set(recs["item_id"]) & set(ds.item_ids[ds.train.items[ds.train.users == u]])
     # the full-catalogue scores agree with scoring the same items as one candidate list
-    model, _ = inspect.load_model(
+    model, _ = checkpoints.load_model(
         info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache"
     )
     idx = torch.tensor([[int(np.flatnonzero(ds.item_ids == i)[0]) for i in recs["item_id"]]])

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from multirec.errors import ConfigError, DataError, MultirecError
+from multirec.pipeline import checkpoints
 from multirec.reporting import tables as T
 from multirec.reporting.build import build_report
 from multirec.reporting.runs import collect
@@ -472,7 +473,7 @@ def test_inspecting_a_checkpoint(tiny_trained):
     from multirec.reporting import inspect
 
     root, info = tiny_trained
-    model, ds = inspect.load_model(
+    model, ds = checkpoints.load_model(
         info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache"
     )
     lists = inspect.subsample(SampledProtocol().lists(ds, "test"), 12)

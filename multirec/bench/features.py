@@ -29,7 +29,6 @@ from omegaconf import DictConfig, open_dict
 
 from multirec.bench.common import BENCH_DIR, in_subprocess, timed, write
 from multirec.data.dataset import PreparedDataset
-from multirec.data.pipeline import ensure_prepared
 from multirec.features.cache import OK, FeatureReader, ShardWriter, load_features
 from multirec.features.extraction import (
     DEFAULT_CHUNK_ROWS,
@@ -41,6 +40,7 @@ from multirec.features.extraction import (
     resolve_device,
     to_device,
 )
+from multirec.pipeline.stages import ensure_prepared
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PIXELREC50K_ITEMS = 83_000

@@ -1,17 +1,15 @@
-"""``RecDataModule``: training pairs with fresh negatives every epoch, and evaluation.
+"""``RecDataModule``: training pairs with fresh negatives every epoch.
 
 Training batches carry only indices (users, positives, negatives); the model looks up
 the in-memory item features itself, so the input pipeline costs almost nothing next
 to the model's step. Negatives are drawn per epoch from a generator seeded with
 (seed, epoch), so runs are reproducible and a resumed run draws what the original
-would have. Validation and test score the saved candidate lists of the ``eval``
-protocols through the same evaluator every baseline uses.
+would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,10 +18,6 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from multirec.data.dataset import PreparedDataset
 from multirec.data.negatives import NegativeSampler
-from multirec.errors import ConfigError
-from multirec.eval.evaluator import EvalResult, evaluate, tag_features, write_results
-from multirec.eval.protocols import Protocol
-from multirec.models.base import Recommender
 
 
 def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
@@ -77,11 +71,12 @@ class EpochBatches(IterableDataset):
 
 
 class RecDataModule(L.LightningDataModule):
+    """Training batches only: evaluation runs over saved candidate lists in
+    :class:`multirec.eval.callback.RankingEvaluation`, not over batches."""
+
     def __init__(
         self,
         dataset: PreparedDataset,
-        protocols: dict[str, Protocol] | None = None,
-        valid_protocol: str = "sampled",
         batch_size: int = 512,
         num_negatives: int = 4,
         negatives: str = "uniform",
@@ -90,12 +85,6 @@ class RecDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.dataset = dataset
-        self.protocols = protocols or {}
-        if self.protocols and valid_protocol not in self.protocols:
-            raise ConfigError(
-                f"valid_protocol={valid_protocol!r} is not among protocols {sorted(self.protocols)}"
-            )
-        self.valid_protocol = valid_protocol
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
@@ -106,41 +95,9 @@ class RecDataModule(L.LightningDataModule):
             seed,
             item_features=item_features,
         )
-        self.results: dict[str, list[EvalResult]] = {}
 
     def current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(EpochBatches(self), batch_size=None)
-
-    def _one_step(self) -> DataLoader:
-        # Evaluation runs over saved candidate lists in the model's epoch-end hook; the
-        # loop needs a loader to fire those hooks, so it gets a single empty step.
-        return DataLoader([torch.zeros(1)], batch_size=None)
-
-    val_dataloader = _one_step
-    test_dataloader = _one_step
-
-    def evaluate(self, model: Recommender, split: str, keep: bool = True) -> dict[str, float]:
-        """Metrics of ``model`` on ``split``: validation under ``valid_protocol`` only (it
-        runs every epoch), test under every protocol. ``keep`` stores the results for
-        :meth:`save_results` (the trained model's; baselines compared with it pass False)."""
-        names = [self.valid_protocol] if split == "valid" else list(self.protocols)
-        results = [
-            evaluate(
-                model,
-                self.dataset,
-                self.protocols[n],
-                split,
-                item_features=tag_features(self.dataset),
-            )
-            for n in names
-        ]
-        if keep:
-            self.results[split] = results
-        return {k: v for r in results for k, v in r.metrics.items()}
-
-    def save_results(self, out_dir: Path, provenance: dict) -> dict[str, float]:
-        """Write the last test results (metrics.json, per-list parquet, evaluation.json)."""
-        return write_results(self.results.get("test", []), out_dir, provenance)

@@ -47,7 +47,7 @@ class InteractionSet:
 
 
 class NegativeSampler:
-    """Draw ``n_negatives`` items per training positive, seeded per epoch.
+    """Draw ``num_negatives`` items per training positive, seeded per epoch.
 
     Strategies:
 
@@ -68,8 +68,8 @@ class NegativeSampler:
     def __init__(
         self,
         train: sp.csr_matrix,
-        n_negatives: int = 1,
-        strategy: Strategy = "uniform",
+        num_negatives: int = 1,
+        negatives: Strategy = "uniform",
         seed: int = 0,
         *,
         popularity_exponent: float = 0.75,
@@ -77,12 +77,10 @@ class NegativeSampler:
         hard_candidates: int = 100,
         hard_fraction: float = 0.5,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ConfigError(
-                f"negative strategy {strategy!r} unknown; valid: {', '.join(STRATEGIES)}"
-            )
-        if n_negatives < 1:
-            raise ConfigError(f"n_negatives must be >= 1, got {n_negatives}")
+        if negatives not in STRATEGIES:
+            raise ConfigError(f"negatives={negatives!r} unknown; valid: {', '.join(STRATEGIES)}")
+        if num_negatives < 1:
+            raise ConfigError(f"num_negatives must be >= 1, got {num_negatives}")
         self.n_users, self.n_items = train.shape
         self.positives = InteractionSet(train)
         full = np.flatnonzero(self.positives.row_counts >= self.n_items)
@@ -91,19 +89,19 @@ class NegativeSampler:
                 f"user index {full[0]} interacted with all {self.n_items} items in training: "
                 "no negative exists for it; remove such users before training"
             )
-        self.n_negatives = n_negatives
-        self.strategy = strategy
+        self.num_negatives = num_negatives
+        self.negatives = negatives
         self.seed = seed
         self.hard_fraction = hard_fraction
         self._cdf: np.ndarray | None = None
         self._neighbours: np.ndarray | None = None
-        if strategy == "popularity":
+        if negatives == "popularity":
             counts = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float64)
             weights = counts**popularity_exponent
             self._cdf = np.cumsum(weights / weights.sum())
-        elif strategy == "content":
+        elif negatives == "content":
             if item_features is None:
-                raise ConfigError("negative strategy 'content' needs item_features (n_items x d)")
+                raise ConfigError("negatives='content' needs item_features (n_items x d)")
             if not 0.0 <= hard_fraction <= 1.0:
                 raise ConfigError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
             self._neighbours = content_neighbours(
@@ -111,11 +109,11 @@ class NegativeSampler:
             )
 
     def sample(self, users: np.ndarray, items: np.ndarray, epoch: int) -> np.ndarray:
-        """Negatives for the positives ``(users[p], items[p])``: int64 array [P, n_negatives]."""
+        """Negatives for the positives ``(users[p], items[p])``: int64 array [P, num_negatives]."""
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         rng = np.random.default_rng([self.seed, epoch])
-        shape = (len(users), self.n_negatives)
+        shape = (len(users), self.num_negatives)
         out = self._propose(rng, shape)
         hard = np.zeros(shape, dtype=bool)
         if self._neighbours is not None:
@@ -138,8 +136,8 @@ class NegativeSampler:
         else:
             raise DataError(
                 f"could not draw negatives for user index {users[rows[0]]} after "
-                f"{self._MAX_REDRAWS} rounds (strategy {self.strategy!r}): it interacted with "
-                "nearly every item that strategy can draw"
+                f"{self._MAX_REDRAWS} rounds (negatives={self.negatives!r}): it interacted with "
+                "nearly every item that sampling can draw"
             )
         return out
 

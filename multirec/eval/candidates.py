@@ -35,7 +35,7 @@ class CandidateLists:
     """``items[l, 0]`` is the held-out positive of list ``l`` for ``users[l]``; the rest negatives."""
 
     users: np.ndarray  # int64 [L]
-    items: np.ndarray  # int64 [L, 1 + n_negatives]
+    items: np.ndarray  # int64 [L, 1 + num_negatives]
     path: Path | None = None
 
     def __len__(self) -> int:
@@ -64,15 +64,15 @@ def draw_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
     pool: np.ndarray,
-    n_negatives: int,
+    num_negatives: int,
     interacted: sp.csr_matrix,
     user_ids: np.ndarray,
 ) -> np.ndarray:
-    """``n_negatives`` distinct items per row from ``pool``, none in the row user's ``interacted``.
+    """``num_negatives`` distinct items per row from ``pool``, none in the row user's ``interacted``.
 
     Vectorised rejection sampling; the rare rows still rejected after many rounds (users who
     interacted with nearly the whole pool) are completed exactly. A user with fewer than
-    ``n_negatives`` eligible items is an error naming the user (``user_ids`` maps indices to ids).
+    ``num_negatives`` eligible items is an error naming the user (``user_ids`` maps indices to ids).
     """
     users = np.asarray(users, dtype=np.int64)
     pool = np.asarray(pool, dtype=np.int64)
@@ -80,16 +80,16 @@ def draw_negatives(
     in_pool[pool] = 1.0
     uniq = np.unique(users)
     available = len(pool) - (interacted[uniq] @ in_pool).astype(np.int64)
-    short = available < n_negatives
+    short = available < num_negatives
     if short.any():
         u = uniq[np.argmax(short)]
         raise DataError(
             f"user {user_ids[u]} has only {available[np.argmax(short)]} items it never interacted "
-            f"with in the candidate pool of {len(pool)} items, fewer than the {n_negatives} "
-            "negatives asked for; lower the protocol's n_negatives"
+            f"with in the candidate pool of {len(pool)} items, fewer than the {num_negatives} "
+            "negatives asked for; lower the protocol's num_negatives"
         )
     seen = InteractionSet(interacted)
-    out = pool[rng.integers(0, len(pool), size=(len(users), n_negatives))]
+    out = pool[rng.integers(0, len(pool), size=(len(users), num_negatives))]
     rows = np.arange(len(users))
     for _ in range(_MAX_REDRAWS):
         bad = seen.contains(users[rows], out[rows]) | _repeats(out[rows])

@@ -30,10 +30,11 @@ import polars as pl
 import torch
 
 from multirec.data.dataset import PreparedDataset
-from multirec.errors import MultirecError
+from multirec.errors import ConfigError, MultirecError
 from multirec.eval import metrics as M
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.protocols import FullRankingTargets, Protocol
+from multirec.eval.registry import MetricSet, RankingContext
 from multirec.io import atomic_write_bytes, atomic_write_json
 from multirec.models.base import Recommender, mask_excluded
 
@@ -66,34 +67,45 @@ def evaluate(
     protocol: Protocol,
     split: str,
     *,
+    metrics: MetricSet | None = None,
     item_features: torch.Tensor | None = None,
     batch_size: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``split`` (``valid`` or ``test``) of ``dataset`` under ``protocol``.
 
-    ``item_features`` (float [n_items, d] or integer categories [n_items]) enables ``ils@K``.
-    ``batch_size`` is lists per ``score`` call (candidate protocols) or users per
-    ``score_all`` call (full ranking); by default about 16 M scores per call.
+    ``metrics`` says what is reported (default: every built-in metric at K = 5, 10, 20).
+    ``item_features`` (float [n_items, d] or integer categories [n_items]) define ``ils@K``;
+    by default the dataset's tags. ``batch_size`` is lists per ``score`` call (candidate
+    protocols) or users per ``score_all`` call (full ranking); by default about 16 M scores
+    per call.
     """
+    metrics = metrics or MetricSet()
     model.check_dataset(dataset)
     lists = protocol.lists(dataset, split)
+    per_user = isinstance(lists, FullRankingTargets)
+    kmax = metrics.ks[-1]
+    if not per_user and kmax > lists.items.shape[1]:
+        raise ConfigError(
+            f"eval.ks {list(metrics.ks)} exceed the {protocol.name} list length "
+            f"{lists.items.shape[1]}; lower eval.ks or raise the protocol's num_negatives"
+        )
     train = dataset.interaction_matrix("train")
     item_users = np.asarray(train.sum(axis=0)).ravel()
     user_items = np.asarray(train.sum(axis=1)).ravel()
-    weights = M.novelty_weights(item_users, int((user_items > 0).sum()))
-    kmax = protocol.ks[-1]
-    per_user = isinstance(lists, FullRankingTargets)
     with torch.no_grad():
         rank = _rank_full if per_user else _rank_candidates
         ranks, n_rel, top, pos_items = rank(model, lists, kmax, batch_size)
+    ctx = RankingContext(
+        ranks=ranks,
+        n_relevant=n_rel,
+        top=top,
+        novelty_weights=M.novelty_weights(item_users, int((user_items > 0).sum())),
+        n_items=dataset.n_items,
+        item_features=tag_features(dataset) if item_features is None else item_features,
+        ks=metrics.ks,
+    )
+    per_list, aggregate = metrics.compute(ctx)
     users = lists.users
-    per_list = M.accuracy_metrics(ranks, n_rel, protocol.ks)
-    aggregate: dict[str, float] = {}
-    for k in protocol.ks:
-        per_list[f"novelty@{k}"] = M.novelty(top[:, :k], weights)
-        aggregate[f"coverage@{k}"] = M.coverage(top[:, :k], dataset.n_items)
-        if item_features is not None and k >= 2:
-            per_list[f"ils@{k}"] = M.intra_list_similarity(top[:, :k], item_features)
     frame = _frame(dataset, per_user, users, ranks, pos_items, item_users, user_items, per_list)
     prefix = f"{split}/{protocol.name}/"
     out: dict[str, float] = {prefix + k: float(v.mean()) for k, v in per_list.items()}

@@ -1,14 +1,14 @@
-"""Evaluation protocols (config group ``eval/``): which lists a model is judged on.
+"""Evaluation protocols (config group ``protocol/``): which lists a model is judged on.
 
-* :class:`SampledProtocol` (``eval=sampled``, the paper's): for a seeded random share of the
+* :class:`SampledProtocol` (``protocol=sampled``, the paper's): for a seeded random share of the
   users with held-out positives, one list per (user, held-out positive) -- the positive plus
-  ``n_negatives`` items drawn uniformly from the items the user never interacted with in any
+  ``num_negatives`` items drawn uniformly from the items the user never interacted with in any
   split. Drawn once and saved (:mod:`multirec.eval.candidates`).
-* :class:`FullProtocol` (``eval=full``): each evaluated user's held-out positives ranked
+* :class:`FullProtocol` (``protocol=full``): each evaluated user's held-out positives ranked
   against the whole catalogue, the user's training items masked (and validation items when
   testing). Sampled metrics can reverse the order of two models (Krichene & Rendle, KDD
   2020); full ranking cannot.
-* :class:`ColdItemsProtocol` (``eval=cold_items``): lists whose positive is an item with *no
+* :class:`ColdItemsProtocol` (``protocol=cold_items``): lists whose positive is an item with *no
   training interactions*, with negatives drawn from such cold items too by default (how well
   a model ranks new items among new items; it can only use content). With PixelRec's random
   per-user split cold items are rare (an item needs all its interactions held out); the lists
@@ -22,7 +22,6 @@ never seen in training it contains.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -50,13 +49,9 @@ class Protocol(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, ks: Sequence[int], user_fraction: float, seed: int) -> None:
-        ks = sorted({int(k) for k in ks})
-        if not ks or ks[0] < 1:
-            raise ConfigError(f"eval.ks must be positive integers, got {list(ks)}")
+    def __init__(self, user_fraction: float, seed: int) -> None:
         if not 0.0 < user_fraction <= 1.0:
-            raise ConfigError(f"eval.user_fraction must be in (0, 1], got {user_fraction}")
-        self.ks = tuple(ks)
+            raise ConfigError(f"protocol.user_fraction must be in (0, 1], got {user_fraction}")
         self.user_fraction = float(user_fraction)
         self.seed = int(seed)
         self._cache: dict[tuple[str, str], CandidateLists | FullRankingTargets] = {}
@@ -78,31 +73,22 @@ class Protocol(ABC):
 
 
 class SampledProtocol(Protocol):
-    """One positive + ``n_negatives`` uniformly sampled never-interacted items per list."""
+    """One positive + ``num_negatives`` uniformly sampled never-interacted items per list."""
 
     name = "sampled"
 
     def __init__(
-        self,
-        ks: Sequence[int] = (5, 10),
-        n_negatives: int = 20,
-        user_fraction: float = 0.3,
-        seed: int = 2024,
+        self, num_negatives: int = 20, user_fraction: float = 0.3, seed: int = 2024
     ) -> None:
-        super().__init__(ks, user_fraction, seed)
-        if n_negatives < 1:
-            raise ConfigError(f"eval.n_negatives must be >= 1, got {n_negatives}")
-        if self.ks[-1] > n_negatives + 1:
-            raise ConfigError(
-                f"eval.ks {list(self.ks)} exceed the list length {n_negatives + 1}; "
-                "lower ks or raise n_negatives"
-            )
-        self.n_negatives = int(n_negatives)
+        super().__init__(user_fraction, seed)
+        if num_negatives < 1:
+            raise ConfigError(f"protocol.num_negatives must be >= 1, got {num_negatives}")
+        self.num_negatives = int(num_negatives)
 
     def settings(self) -> dict:
         """What determines the drawn lists (part of their file name's fingerprint)."""
         return {
-            "n_negatives": self.n_negatives,
+            "num_negatives": self.num_negatives,
             "user_fraction": self.user_fraction,
             "seed": self.seed,
         }
@@ -129,7 +115,7 @@ class SampledProtocol(Protocol):
                 rng,
                 users,
                 self._pool(dataset),
-                self.n_negatives,
+                self.num_negatives,
                 dataset.interaction_matrix(*SPLITS),
                 dataset.user_ids,
             )
@@ -150,15 +136,16 @@ class ColdItemsProtocol(SampledProtocol):
 
     def __init__(
         self,
-        ks: Sequence[int] = (5, 10),
-        n_negatives: int = 20,
+        num_negatives: int = 20,
         user_fraction: float = 1.0,
         seed: int = 2024,
         negative_pool: Literal["cold", "all"] = "cold",
     ) -> None:
-        super().__init__(ks, n_negatives, user_fraction, seed)
+        super().__init__(num_negatives, user_fraction, seed)
         if negative_pool not in ("cold", "all"):
-            raise ConfigError(f"eval.negative_pool must be 'cold' or 'all', got {negative_pool!r}")
+            raise ConfigError(
+                f"protocol.negative_pool must be 'cold' or 'all', got {negative_pool!r}"
+            )
         self.negative_pool = negative_pool
 
     def settings(self) -> dict:
@@ -184,10 +171,8 @@ class FullProtocol(Protocol):
 
     name = "full"
 
-    def __init__(
-        self, ks: Sequence[int] = (5, 10), user_fraction: float = 1.0, seed: int = 2024
-    ) -> None:
-        super().__init__(ks, user_fraction, seed)
+    def __init__(self, user_fraction: float = 1.0, seed: int = 2024) -> None:
+        super().__init__(user_fraction, seed)
 
     def _build(self, dataset: PreparedDataset, split: str) -> FullRankingTargets:
         part = dataset.split(split)

@@ -1,8 +1,9 @@
 """Fusion of the modality tokens {p_u, q_i, p_v, p_t, p_cat, p_num} into one vector f_ui.
 
-Each module takes tokens ``[N, M, d]`` and returns ``[N, out_dim]``. Gated and attention
-fusion also keep the last per-modality weights they computed (``last_weights``,
-``[N, M]``) so reports can show what the model attends to.
+Each module takes tokens ``[N, M, d]`` and returns the fused vectors ``[N, out_dim]`` together
+with per-modality weights ``[N, M]`` (gated and attention fusion; ``None`` for concatenation),
+so reports can show what the model attends to. The weights travel with the output rather
+than as module state: a caller scoring in chunks gets every chunk's weights.
 """
 
 from __future__ import annotations
@@ -12,42 +13,53 @@ from torch import nn
 
 from multirec.errors import ConfigError
 
+Fused = tuple[torch.Tensor, torch.Tensor | None]
 
-class ConcatFusion(nn.Module):
+
+class Fusion(nn.Module):
+    """Base of every fusion module: built with the token dimension and count, says ``out_dim``."""
+
+    def __init__(self, dim: int, n_tokens: int, out_dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.n_tokens = n_tokens
+        self.out_dim = out_dim
+
+    def forward(self, tokens: torch.Tensor) -> Fused:
+        """``[N, M, d]`` tokens -> (``[N, out_dim]`` fused vectors, ``[N, M]`` weights or None)."""
+        raise NotImplementedError
+
+
+class ConcatFusion(Fusion):
     """MLP over the concatenated tokens: every modality weighted equally a priori."""
 
     def __init__(self, dim: int, n_tokens: int, hidden: int = 256, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.out_dim = dim
+        super().__init__(dim, n_tokens, out_dim=dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim * n_tokens, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, dim),
         )
-        self.last_weights: torch.Tensor | None = None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.mlp(tokens.flatten(1))
+    def forward(self, tokens: torch.Tensor) -> Fused:
+        return self.mlp(tokens.flatten(1)), None
 
 
-class GatedFusion(nn.Module):
+class GatedFusion(Fusion):
     """Learned softmax weights over modalities, computed from the tokens themselves."""
 
     def __init__(self, dim: int, n_tokens: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.out_dim = dim
+        super().__init__(dim, n_tokens, out_dim=dim)
         self.gate = nn.Sequential(nn.Linear(dim * n_tokens, n_tokens))
         self.dropout = nn.Dropout(dropout)
-        self.last_weights: torch.Tensor | None = None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> Fused:
         weights = torch.softmax(self.gate(tokens.flatten(1)), dim=-1)
-        self.last_weights = weights.detach()
-        return self.dropout((weights.unsqueeze(-1) * tokens).sum(1))
+        return self.dropout((weights.unsqueeze(-1) * tokens).sum(1)), weights.detach()
 
 
-class AttentionFusion(nn.Module):
+class AttentionFusion(Fusion):
     """Multi-head self-attention over the modality tokens (the paper's fusion).
 
     Each layer is attention + residual + layer norm, then a feed-forward block with
@@ -64,7 +76,7 @@ class AttentionFusion(nn.Module):
         pooling: str = "mean",
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(dim, n_tokens, out_dim=dim * n_tokens if pooling == "flatten" else dim)
         if pooling not in ("mean", "cls", "flatten"):
             raise ConfigError(f"fusion.pooling={pooling!r} is unknown; valid: mean, cls, flatten")
         if dim % heads:
@@ -83,10 +95,8 @@ class AttentionFusion(nn.Module):
         )
         self.norm2 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "cls" else None
-        self.out_dim = dim * n_tokens if pooling == "flatten" else dim
-        self.last_weights: torch.Tensor | None = None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> Fused:
         x = tokens
         if self.cls is not None:
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
@@ -97,8 +107,7 @@ class AttentionFusion(nn.Module):
             x = n1(x + h)
             x = n2(x + ff(x))
         if weights is None:
-            self.last_weights = None
-            return self._pool(x)
+            return self._pool(x), None
         # last layer: with a CLS token, what the CLS query attends to among the modalities
         # (renormalised); otherwise the attention each modality receives, averaged over queries
         if self.cls is not None:
@@ -106,8 +115,7 @@ class AttentionFusion(nn.Module):
             received = received / received.sum(-1, keepdim=True)
         else:
             received = weights.mean(1)
-        self.last_weights = received.detach()
-        return self._pool(x)
+        return self._pool(x), received.detach()
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

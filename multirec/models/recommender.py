@@ -11,17 +11,16 @@ items computes them once per chunk and only runs the fusion per (user, item) pai
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from multirec.data.dataset import PreparedDataset
+from multirec.config import plain
 from multirec.errors import MultirecError
-from multirec.models.base import Recommender, Validation
 from multirec.models.items import ItemInputs
+from multirec.models.neural import NeuralRecommender, register
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -48,8 +47,10 @@ def mean_profiles(
     return torch.from_numpy(out)
 
 
-class MultimodalRecommender(L.LightningModule, Recommender):
-    """See the module docstring. ``fusion`` and ``loss`` are their config groups' nodes."""
+@register("multimodal")
+class MultimodalRecommender(NeuralRecommender):
+    """See the module docstring. ``fusion`` and ``loss`` are their config groups' nodes
+    (``_target_`` and settings); they are built here so that checkpoints store them as data."""
 
     def __init__(
         self,
@@ -73,10 +74,10 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         id_dropout: float = 0.1,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        fit_epochs: int = 5,
         provenance: dict | None = None,
     ) -> None:
         super().__init__()
+        fusion, loss, provenance = plain(fusion), plain(loss), plain(provenance)
         self.save_hyperparameters()
         # user-side tokens come first, then item-side tokens; `modalities` names them in order
         self.user_modalities: list[str] = []
@@ -147,7 +148,6 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             nn.Linear(head_hidden, 1),
         )
         self.loss_fn = instantiate(loss)
-        self.items: ItemInputs | None = None
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
         self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
 
@@ -155,8 +155,7 @@ class MultimodalRecommender(L.LightningModule, Recommender):
     def attach_items(self, items: ItemInputs, train_matrix: sp.spmatrix | None = None) -> None:
         """Give the model its item table and, for user profiles, the training matrix.
 
-        Neither is saved in checkpoints: the feature caches and the prepared dataset are
-        the source of truth, and loading checks they match (multirec.models.loading).
+        Neither is saved in checkpoints (see :meth:`NeuralRecommender.attach`).
         """
         hp = self.hparams
         if items.visual_dim != hp.visual_dim or items.text_dim != hp.text_dim:
@@ -249,8 +248,9 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         n_users: int,
         n_items: int,
         pairwise: bool,
-    ) -> torch.Tensor:
-        """Logits ``[n_users, n_items]``.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[n_users, n_items]`` and the fusion's modality weights ``[n_users * n_items, M]``
+        (None when the fusion has none).
 
         ``pairwise``: every user against the same items (user tokens ``[n_users, d]``, item
         tokens ``[n_items, d]``, broadcast); otherwise both are per (user, item) row,
@@ -263,12 +263,12 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             us = [u.view(n_users, n_items, -1) for u in user_toks]
             its = [t.view(n_users, n_items, -1) for t in item_toks]
         tokens = torch.stack([*us, *its], dim=2).flatten(0, 1)  # [U*I, M, d]
-        fused = self.fusion(tokens)
+        fused, weights = self.fusion(tokens)
         if self.match_pairs:
             scale = tokens.shape[-1] ** -0.5
             dots = [(us[u] * its[i]).sum(-1).flatten() * scale for u, i in self.match_pairs]
             fused = torch.cat([fused, torch.stack(dots, dim=1)], dim=1)
-        return self.head(fused).view(n_users, n_items)
+        return self.head(fused).view(n_users, n_items), weights
 
     # -- the Recommender interface ---------------------------------------------------
     def forward(
@@ -282,6 +282,12 @@ class MultimodalRecommender(L.LightningModule, Recommender):
 
         Training passes ``exclude_first`` (column 0 is a training positive) and ``id_dropout``.
         """
+        return self._scores(users, items, id_dropout, exclude_first)[0]
+
+    def _scores(
+        self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool, exclude_first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`'s logits and the fusion's modality weights."""
         b, c = items.shape
         # candidates repeat across a batch: project each distinct item once, then gather
         uniq, inverse = torch.unique(items.flatten(), return_inverse=True)
@@ -300,24 +306,6 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         return self._fuse(
             [t.reshape(b * c, -1) for t in user_toks], item_toks, b, c, pairwise=False
         )
-
-    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
-        """Plain fit for the Recommender interface: ``fit_epochs`` epochs, no validation.
-
-        ``multirec.train`` is the full recipe (early stopping, checkpoints, logging).
-        """
-        from multirec.data.datamodule import RecDataModule
-
-        dm = RecDataModule(dataset, seed=0)
-        trainer = L.Trainer(
-            max_epochs=self.hparams.fit_epochs,
-            logger=False,
-            enable_checkpointing=False,
-            limit_val_batches=0,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(self, datamodule=dm)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -346,18 +334,28 @@ class MultimodalRecommender(L.LightningModule, Recommender):
             out[:, s : s + len(items)] = (
                 self._fuse(
                     user_tok, self._item_tokens(items), len(users), len(items), pairwise=True
-                )
+                )[0]
                 .float()
                 .cpu()
             )
         self.train(was_training)
         return out
 
+    @torch.no_grad()
     def modality_weights(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """Per-modality fusion weights ``[B, C, M]`` (gated / attention fusion), else None."""
-        self.score(users, items)
-        w = self.fusion.last_weights
-        return None if w is None else w.view(*items.shape, -1)
+        was_training = self.training
+        self.eval()
+        users, items = users.to(self.device), items.to(self.device)
+        rows = max(1, 65536 // max(items.shape[1], 1))
+        parts = [
+            self._scores(users[i : i + rows], items[i : i + rows], False, False)[1]
+            for i in range(0, len(users), rows)
+        ]
+        self.train(was_training)
+        if any(w is None for w in parts):
+            return None
+        return torch.cat(parts).view(*items.shape, -1).cpu()
 
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
@@ -380,19 +378,6 @@ class MultimodalRecommender(L.LightningModule, Recommender):
         parts = {f"train/{k}": v for k, v in out.items() if k != "loss"}
         self.log_dict(parts, batch_size=len(users))
         return loss
-
-    # -- evaluation: the datamodule scores saved candidate lists through the shared evaluator
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        return None
-
-    test_step = validation_step
-
-    def on_validation_epoch_end(self) -> None:
-        # every rank evaluates the same lists: sync_dist only averages identical values
-        self.log_dict(self.trainer.datamodule.evaluate(self, "valid"), sync_dist=True)
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.trainer.datamodule.evaluate(self, "test"), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

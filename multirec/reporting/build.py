@@ -24,6 +24,7 @@ from multirec.errors import ConfigError, DataError, MultirecError
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.protocols import Protocol
 from multirec.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from multirec.pipeline import checkpoints
 from multirec.reporting import inspect, plots
 from multirec.reporting import tables as T
 from multirec.reporting.runs import Entry, collect
@@ -78,7 +79,9 @@ def select_dataset(entries: list[Entry], wanted: str | None, prepared_dir: Path)
 
 def _dataset_name(fp: str, prepared_dir: Path) -> str:
     try:
-        return f"{inspect.find_prepared(prepared_dir, fp).manifest.get('name', '?')} ({fp[:12]})"
+        return (
+            f"{checkpoints.find_prepared(prepared_dir, fp).manifest.get('name', '?')} ({fp[:12]})"
+        )
     except DataError:
         return f"prepared dataset {fp[:12]}"
 
@@ -218,7 +221,7 @@ def _sampled_vs_full(folder: Path, report: Report, entries: list[Entry], split: 
     if fig is None:
         report.notes.append(
             f"no sampled-vs-full figure: no run has both {split}/sampled and {split}/full results "
-            "(evaluate a checkpoint with `python -m multirec.evaluate ckpt_path=... eval=full`)"
+            "(evaluate a checkpoint with `python -m multirec.evaluate ckpt_path=... protocol=full`)"
         )
         return []
     return [
@@ -263,7 +266,7 @@ def _checkpoint_figures(
         )
         return []
     try:
-        model, ds = inspect.load_model(ckpt, prepared_dir, cache_dir, cfg.device)
+        model, ds = checkpoints.load_model(ckpt, prepared_dir, cache_dir, cfg.device)
     except MultirecError as exc:
         if cfg.ckpt_path:  # asked for explicitly: the user must hear why it cannot be used
             raise
@@ -275,7 +278,7 @@ def _checkpoint_figures(
     lists = cfg.protocol.lists(ds, split)
     if not isinstance(lists, CandidateLists):
         raise ConfigError(
-            f"eval={cfg.protocol.name} has no candidate lists; the figures need eval=sampled or cold_items"
+            f"protocol={cfg.protocol.name} has no candidate lists; the figures need protocol=sampled or cold_items"
         )
     lists = inspect.subsample(lists, cfg.max_lists)
     page = [

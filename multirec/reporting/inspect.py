@@ -1,10 +1,9 @@
 """Ask a trained checkpoint questions: what it recommends, what its fusion weighs, where
 it is most right and most wrong, and how much each modality moves its scores.
 
-A checkpoint records the fingerprint of the prepared dataset it was trained on, so
-:func:`load_model` finds that dataset under ``prepared_dir`` itself (the user passes only
-``ckpt_path``) and :func:`multirec.models.loading.load_checkpoint` refuses mismatched
-feature caches. Probabilities are ``sigmoid(score)``: the model's head emits a logit, so
+Models come from :func:`multirec.pipeline.checkpoints.load_model`, which finds the prepared
+dataset a checkpoint was trained on by itself and refuses mismatched feature caches.
+Probabilities are ``sigmoid(score)``: the model's head emits a logit, so
 with the ``bce`` losses they estimate P(interaction); with ``bpr`` only their order means
 anything.
 """
@@ -23,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from multirec.data.dataset import PreparedDataset
-from multirec.errors import ConfigError, DataError, MultirecError
+from multirec.errors import ConfigError
 from multirec.eval.candidates import CandidateLists
 from multirec.models.base import Recommender, mask_excluded
 
@@ -31,62 +30,6 @@ if TYPE_CHECKING:  # importing Lightning takes seconds; a bad user id or path sh
     from multirec.models.recommender import MultimodalRecommender
 
 LIST_BATCH = 512  # candidate lists per model call (bounds memory; the fusion weights are per call)
-
-
-def checkpoint_provenance(ckpt_path: Path | str) -> dict:
-    """What a multirec checkpoint records about its data and features."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise MultirecError(
-            f"checkpoint {path} not found; pass ckpt_path= of a run's checkpoints/best.ckpt"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise DataError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt that multirec.train wrote"
-        ) from None
-    prov = (
-        (ckpt.get("hyper_parameters") or {}).get("provenance") if isinstance(ckpt, dict) else None
-    )
-    if not prov or "dataset" not in prov:
-        raise DataError(
-            f"{path} records no training provenance: it was not written by multirec.train"
-        )
-    return dict(prov)
-
-
-def find_prepared(prepared_dir: Path | str, fingerprint: str, hint: str = "") -> PreparedDataset:
-    """The prepared dataset with ``fingerprint`` under ``prepared_dir`` (named ``<name>-<fp[:12]>``)."""
-    for root in sorted(Path(prepared_dir).glob(f"*-{fingerprint[:12]}")):
-        ds = PreparedDataset.load(root)
-        if ds.fingerprint == fingerprint:
-            return ds
-    raise DataError(
-        f"no prepared dataset {fingerprint[:12]} under {prepared_dir}; prepare it with the training run's "
-        f"data settings{hint} or set paths.prepared_dir"
-    )
-
-
-def checkpoint_dataset(ckpt_path: Path | str, prepared_dir: Path | str) -> PreparedDataset:
-    """The prepared dataset a checkpoint was trained on (cheap: the model is not built)."""
-    prov = checkpoint_provenance(ckpt_path)
-    data = (prov.get("choices") or {}).get("data")
-    return find_prepared(
-        prepared_dir,
-        str(prov["dataset"]),
-        f" (python -m multirec.prepare data={data})" if data else "",
-    )
-
-
-def load_model(
-    ckpt_path: Path | str, prepared_dir: Path | str, cache_dir: Path | str, device: str = "cpu"
-) -> tuple[MultimodalRecommender, PreparedDataset]:
-    """A trained model with its item features attached, and the dataset it was trained on."""
-    ds = checkpoint_dataset(ckpt_path, prepared_dir)  # before the slow import: bad paths fail fast
-    from multirec.models.loading import load_checkpoint
-
-    return load_checkpoint(ckpt_path, ds, cache_dir, device).eval(), ds
 
 
 # -- recommendations --------------------------------------------------------------------

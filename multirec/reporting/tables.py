@@ -197,7 +197,7 @@ def protocol_description(rows: list[Row], protocol: str) -> str:
     settings = next(
         (e.protocols[protocol] for r in rows for e in r.entries if protocol in e.protocols), {}
     )
-    n = settings.get("n_negatives")
+    n = settings.get("num_negatives")
     if protocol == "sampled":
         negatives = f"{n} sampled" if n else "sampled"
         return f"sampled (the paper's): each held-out positive ranked against {negatives} never-interacted items"

@@ -1,7 +1,8 @@
-"""One call that gives an entry point its prepared dataset, doing only missing work.
+"""The stages an entry point composes: sample -> prepare -> extract -> item inputs.
 
-``data=sample`` generates the synthetic sample on first use; preparation is skipped
-when a prepared directory with the same fingerprint exists.
+Each call does only missing work: ``data=sample`` generates the synthetic sample on first
+use, preparation is skipped when a prepared directory with the same fingerprint exists,
+and extraction when the encoder's feature cache does.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.config import to_schema
 from multirec.data.config import DataConfig
 from multirec.data.dataset import PreparedDataset
 from multirec.data.prepare import prepare
+from multirec.features.cache import load_features
+from multirec.features.extraction import ensure_cache
+from multirec.models.items import ItemInputs
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +60,30 @@ def ensure_prepared(
     cfg = data_config(data_cfg)
     ensure_sample(cfg, progress)
     return prepare(cfg, paths_cfg.prepared_dir, progress)
+
+
+def build_item_inputs(
+    ds: PreparedDataset,
+    encoder_cfg: DictConfig,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    num_workers: int = 2,
+) -> tuple[ItemInputs, dict[str, str | None]]:
+    """Item table for the models, extracting any missing cache (``num_workers`` decode covers
+    beside the encoder); also each side's cache identity (its file name, or None)."""
+    sides: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    identity: dict[str, str | None] = {}
+    for side in ("visual", "text"):
+        path = ensure_cache(
+            ds, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers
+        )
+        if path is None:
+            sides[side], identity[side] = None, None
+            continue
+        feats, ok, _ = load_features(path)
+        sides[side] = (feats, ok)
+        identity[side] = Path(path).name
+    items = ItemInputs.build(
+        ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"]
+    )
+    return items, identity
