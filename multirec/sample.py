@@ -1,6 +1,6 @@
 """``python -m multirec.sample size=tiny|mini|small|pixelrec50k [out=DIR] [seed=0] [key=value ...]``
 
-Writes a synthetic PixelRec-format dataset (see :mod:`multirec.data.sample`), so the
+Writes a synthetic PixelRec-format dataset (see :mod:`multirec.data.synthetic`), so the
 whole pipeline runs with no download.
 """
 
@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from multirec.cli import user_errors
-from multirec.data.sample import generate_sample
+from multirec.data.synthetic import generate_sample
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")

@@ -17,7 +17,7 @@ from multirec.baselines.simple import MostPopular, RandomRecommender
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
-from multirec.data.sample import generate_sample
+from multirec.data.synthetic import generate_sample
 from multirec.eval.protocols import SampledProtocol
 from multirec.models.items import ItemInputs
 from multirec.models.recommender import MultimodalRecommender

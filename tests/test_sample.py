@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from multirec.data import sample as sample_mod
+from multirec.data.config import COUNT_COLUMNS
 from multirec.data.kcore import kcore_mask
-from multirec.data.sample import COUNT_COLUMNS, COVER_DEFECTS, PRESETS, generate_sample
+from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, rendering
 from multirec.errors import ConfigError, MultirecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +104,8 @@ def test_same_seed_is_byte_identical_other_seed_differs(tiny, tmp_path):
 
 
 def test_covers_do_not_depend_on_worker_count(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_mod, "POOL_MIN_COVERS", 1)
-    monkeypatch.setattr(sample_mod, "COVER_CHUNK", 16)
+    monkeypatch.setattr(rendering, "POOL_MIN_COVERS", 1)
+    monkeypatch.setattr(rendering, "COVER_CHUNK", 16)
     pooled = generate_sample(tmp_path / "pooled", "tiny", seed=0, progress=False)
     assert tree_bytes(pooled) == tree_bytes(tiny)
 

@@ -73,7 +73,7 @@ def main() -> None:
         print(json.dumps(tables(sys.argv[2])))
         return
     if not (SAMPLE / "interactions.csv").is_file():
-        from multirec.data.sample import generate_sample
+        from multirec.data.synthetic import generate_sample
 
         generate_sample(SAMPLE, size="pixelrec50k", seed=0)
     results = {

@@ -63,7 +63,7 @@ class ReadyBatches(L.LightningDataModule):
 
 def dataset():
     if not (SAMPLE / "interactions.csv").is_file():
-        from multirec.data.sample import generate_sample
+        from multirec.data.synthetic import generate_sample
 
         generate_sample(SAMPLE, size="pixelrec50k", seed=0, covers=False)
         (SAMPLE / "covers").mkdir(exist_ok=True)

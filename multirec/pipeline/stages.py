@@ -37,7 +37,7 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
     """
     if cfg.sample is None:
         return
-    from multirec.data.sample import generate_sample
+    from multirec.data.synthetic import generate_sample
 
     root = Path(cfg.root)
     sample = (

@@ -1,0 +1,103 @@
+"""``generate_sample``: check the settings, draw the world, write a sample atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from multirec.data.synthetic.presets import PRESETS, SamplePreset
+from multirec.data.synthetic.rendering import write_covers
+from multirec.data.synthetic.tables import write_tables
+from multirec.data.synthetic.world import World, build_world
+from multirec.errors import ConfigError
+from multirec.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# Recorded in ``_sample.json``. It names the file format of the samples, not a module:
+# it stays fixed so that a seed keeps giving byte-identical files.
+GENERATOR = "multirec.data.sample"
+GENERATOR_VERSION = 1
+
+
+def generate_sample(
+    out: Path,
+    size: str = "small",
+    seed: int = 0,
+    misleading_share: float | None = None,
+    broken_share: float | None = None,
+    covers: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Write a PixelRec-format sample to ``out`` atomically and return ``out``.
+
+    ``misleading_share`` and ``broken_share`` default to the preset's values (0.3 and
+    0.02). ``covers=False`` writes only the tables (benchmarks of the tabular pipeline).
+    ``out`` is replaced only if multirec created it. Big samples (``pixelrec50k``) draw
+    their covers in spawned worker processes, so a script calling this for them needs the
+    usual ``if __name__ == "__main__":`` guard.
+    """
+    if size not in PRESETS:
+        raise ConfigError(
+            f"unknown sample size {size!r} (key size); valid sizes: {', '.join(PRESETS)}"
+        )
+    preset = PRESETS[size]
+    misleading = _share("misleading_share", misleading_share, preset.misleading_share)
+    broken = _share("broken_share", broken_share, preset.broken_share)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+
+    out = Path(out)
+    world = build_world(preset, seed, misleading, broken)
+    with atomic_dir(out) as tmp:
+        write_tables(tmp, world)
+        if covers:
+            write_covers(tmp / "covers", world, seed, preset.cover_size, progress)
+        settings = {
+            "size": size,
+            "seed": seed,
+            "misleading_share": misleading,
+            "broken_share": broken,
+            "covers": covers,
+        }
+        meta = _metadata(settings, preset, world)
+        (tmp / "_sample.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "wrote %s sample to %s: %d users, %d items, %d interactions",
+        size,
+        out,
+        preset.n_users,
+        preset.n_items,
+        len(world.inter_user),
+    )
+    return out
+
+
+def _share(key: str, value: float | None, default: float) -> float:
+    """``value`` as a share in [0, 1] (``None``: the preset's ``default``)."""
+    if value is None:
+        return default
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = math.nan
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{key}={value!r} is not a share; use a number between 0 and 1 (or null)")
+    return share
+
+
+def _metadata(settings: dict[str, Any], preset: SamplePreset, world: World) -> dict[str, Any]:
+    """The content of ``_sample.json``: callers compare ``settings`` to reuse a sample."""
+    return {
+        "generator": GENERATOR,
+        "version": GENERATOR_VERSION,
+        **settings,
+        "preset": asdict(preset),
+        "n_users": preset.n_users,
+        "n_items": preset.n_items,
+        "n_interactions": int(len(world.inter_user)),
+    }
