@@ -47,7 +47,9 @@ def _train_tiny(root: Path) -> dict:
         cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "run")
     result = train(cfg)
     for baseline in ("random", "mostpop"):
-        ecfg = compose_cfg("evaluate", ["data=tiny", f"baseline={baseline}", "eval=sampled"], root)
+        ecfg = compose_cfg(
+            "evaluate", ["data=tiny", f"baseline={baseline}", "protocol=sampled"], root
+        )
         with open_dict(ecfg):
             ecfg.paths.output_dir = str(root / "outputs" / "runs" / "evaluate" / baseline)
         evaluate.run(ecfg)

@@ -10,10 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from multirec.baselines.simple import MostPopular
 from multirec.bench.evaluation import synthetic_prepared, write_prepared
 from multirec.data.dataset import SPLITS
 from multirec.errors import ArtefactMismatchError, ConfigError, DataError
+from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import ColdItemsProtocol, FullProtocol, SampledProtocol
+from multirec.eval.registry import MetricSet
 
 
 @pytest.fixture
@@ -24,7 +27,7 @@ def ds(tmp_path):
 
 
 def test_sampled_lists_are_the_papers(ds):
-    p = SampledProtocol(n_negatives=20, user_fraction=0.3)
+    p = SampledProtocol(num_negatives=20, user_fraction=0.3)
     lists = p.lists(ds, "test")
     test = ds.test
     assert lists.items.shape == (len(lists), 21)
@@ -82,7 +85,7 @@ def test_tampered_or_corrupt_files_are_refused(ds):
     lists = SampledProtocol().lists(ds, "test")
     path = lists.path
     blob = path.read_bytes()
-    other = SampledProtocol(ks=(5,), n_negatives=5)
+    other = SampledProtocol(num_negatives=5)
     path_other = other.lists(ds, "test").path
     path.write_bytes(path_other.read_bytes())  # lists of other settings under this name
     with pytest.raises(ArtefactMismatchError, match="delete it"):
@@ -103,9 +106,15 @@ def test_full_protocol_masks_training_and_validation_when_testing(ds):
         assert set(t.users.tolist()) == set(ds.split(split).users.tolist())
 
 
-def test_bad_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="list length"):
-        SampledProtocol(ks=(5, 30), n_negatives=20)
+def test_bad_settings_are_config_errors(ds):
+    with pytest.raises(ConfigError, match="list length 21"):
+        evaluate(
+            MostPopular().fit(ds),
+            ds,
+            SampledProtocol(num_negatives=20),
+            "test",
+            metrics=MetricSet(ks=(5, 30)),
+        )
     with pytest.raises(ConfigError, match="user_fraction"):
         FullProtocol(user_fraction=0)
     with pytest.raises(ConfigError, match="split"):
@@ -131,16 +140,16 @@ def cold_dataset(tmp_path):
 
 def test_cold_items_lists(tmp_path):
     ds = cold_dataset(tmp_path)
-    lists = ColdItemsProtocol(ks=(1, 5), n_negatives=4).lists(ds, "test")
+    lists = ColdItemsProtocol(num_negatives=4).lists(ds, "test")
     assert len(lists) == 40 and (lists.items < 10).all()  # positives and negatives cold
     seen = ds.interaction_matrix(*SPLITS).toarray()
     assert not seen[lists.users[:, None], lists.items[:, 1:]].any()
     row0 = lists.items[lists.users == 0][0]
     assert set(row0[1:].tolist()).isdisjoint({5, 6, 7, 8, 9})
-    wide = ColdItemsProtocol(n_negatives=20, negative_pool="all").lists(ds, "test")
+    wide = ColdItemsProtocol(num_negatives=20, negative_pool="all").lists(ds, "test")
     assert (wide.items[:, 0] < 10).all() and (wide.items[:, 1:] >= 10).any()
     with pytest.raises(DataError, match="u0 has only 4"):  # 10 cold items, user 0 used 6
-        ColdItemsProtocol(ks=(1, 5), n_negatives=5).lists(ds, "test")
+        ColdItemsProtocol(num_negatives=5).lists(ds, "test")
 
 
 def test_cold_items_without_any_cold_positive_is_a_clear_error(ds):

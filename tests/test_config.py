@@ -13,7 +13,7 @@ from multirec.data.config import DataConfig
 from multirec.errors import ConfigError
 from tests.conftest import CONF, compose_cfg
 
-PRIMARY_FOR_GROUP = {"baseline": "evaluate", "eval": "evaluate"}
+PRIMARY_FOR_GROUP = {"baseline": "evaluate", "protocol": "evaluate"}
 
 
 def group_options() -> list[tuple[str, str]]:
@@ -59,6 +59,8 @@ def test_groups_cover_the_design():
         "experiment",
         "paths",
         "eval",
+        "protocol",
+        "model",
         "baseline",
     } <= groups
 

@@ -132,7 +132,7 @@ def test_unknown_keys_are_errors(tmp_path):
     with pytest.raises(ConfigCompositionException):
         compose_cfg("evaluate", ["baseline=itemknn", "baseline.neighbours=5"], tmp_path)
     with pytest.raises(ConfigCompositionException):
-        compose_cfg("evaluate", ["eval=sampled", "eval.negatives=5"], tmp_path)
+        compose_cfg("evaluate", ["protocol=sampled", "protocol.negatives=5"], tmp_path)
 
 
 def test_format_tables():
@@ -156,7 +156,7 @@ def test_multirun_prints_one_table_per_protocol(tmp_path):
             "-m",
             "data=tiny",
             "baseline=random,mostpop",
-            "eval=sampled,full",
+            "protocol=sampled,full",
         ],
         env=env,
         cwd=tmp_path,

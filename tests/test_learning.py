@@ -12,17 +12,30 @@ import lightning as L
 import numpy as np
 import polars as pl
 import pytest
+from hydra.utils import instantiate
 
 from multirec.baselines.simple import MostPopular, RandomRecommender
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
 from multirec.data.synthetic import generate_sample
+from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import SampledProtocol
 from multirec.models.items import ItemInputs
-from multirec.models.recommender import MultimodalRecommender
+from multirec.models.neural import dataset_sizes
+from tests.conftest import compose_cfg
 
 METRIC = "test/sampled/ndcg@10"
+# small and fast; the model's other settings are conf/model/multimodal.yaml's
+SETTINGS = {
+    "use_tags": False,
+    "use_numeric": False,
+    "dim": 32,
+    "projection_hidden": 64,
+    "head_hidden": 64,
+    "lr": 1e-2,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +69,7 @@ def world(tmp_path_factory):
     return ds, noisy_onehot("topic"), noisy_onehot("cover_topic")
 
 
-def train_and_test(ds, visual, text, epochs: int = 6) -> float:
+def train_and_test(ds, visual, text, root, epochs: int = 6) -> float:
     L.seed_everything(0)
     seen = np.zeros(ds.n_items, dtype=bool)
     seen[ds.train.items] = True
@@ -68,52 +81,32 @@ def train_and_test(ds, visual, text, epochs: int = 6) -> float:
         None if visual is None else (visual, ok),
         None if text is None else (text, ok),
     )
-    model = MultimodalRecommender(
-        n_users=ds.n_users,
-        n_items=ds.n_items,
-        n_tags=ds.n_tags,
-        n_numeric=len(ds.numeric_columns),
-        visual_dim=items.visual_dim,
-        text_dim=items.text_dim,
-        fusion={"_target_": "multirec.models.fusion.AttentionFusion"},
-        loss={"_target_": "multirec.models.losses.BCELoss"},
-        use_tags=False,
-        use_numeric=False,
-        dim=32,
-        projection_hidden=64,
-        head_hidden=64,
-        lr=1e-2,
-        dropout=0.0,
-    )
-    model.bind(ds)
-    model.attach_items(items, ds.interaction_matrix("train"))
-    protocols = {"sampled": SampledProtocol()}
-    dm = RecDataModule(ds, protocols=protocols, batch_size=256, num_negatives=4, seed=0)
+    cfg = compose_cfg("train", [f"model.{k}={v}" for k, v in SETTINGS.items()], root)
+    model = instantiate(cfg.model, **dataset_sizes(ds, items))
+    model.attach(ds, items)
+    dm = RecDataModule(ds, batch_size=256, num_negatives=4, seed=0)
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=epochs,
     )
     trainer.fit(model, datamodule=dm)
-    return dm.evaluate(model, "test")[METRIC]
+    return test_metric(ds, model)
 
 
-def baseline(ds, model) -> float:
-    dm = RecDataModule(ds, protocols={"sampled": SampledProtocol()})
-    return dm.evaluate(model.fit(ds), "test", keep=False)[METRIC]
+def test_metric(ds, model) -> float:
+    return evaluate(model, ds, SampledProtocol(), "test").metrics[METRIC]
 
 
-def test_model_beats_popularity_and_text_beats_misleading_covers(world):
+def test_model_beats_popularity_and_text_beats_misleading_covers(world, tmp_path):
     ds, text, visual = world
-    full = train_and_test(ds, visual, text)
-    text_only = train_and_test(ds, None, text)
-    visual_only = train_and_test(ds, visual, None)
-    pop = baseline(ds, MostPopular())
-    rnd = baseline(ds, RandomRecommender(seed=0))
+    full = train_and_test(ds, visual, text, tmp_path)
+    text_only = train_and_test(ds, None, text, tmp_path)
+    visual_only = train_and_test(ds, visual, None, tmp_path)
+    pop = test_metric(ds, MostPopular().fit(ds))
+    rnd = test_metric(ds, RandomRecommender(seed=0).fit(ds))
     print(
         f"full {full:.3f} text {text_only:.3f} visual {visual_only:.3f} pop {pop:.3f} random {rnd:.3f}"
     )

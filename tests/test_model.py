@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
 from multirec.errors import MultirecError
 from multirec.models import fusion as F
@@ -34,16 +34,14 @@ def model_from(
     tmp_path, overrides: list[str], visual: bool = True, text: bool = True
 ) -> MultimodalRecommender:
     cfg = compose_cfg("train", overrides, tmp_path)
-    m = MultimodalRecommender(
+    m = instantiate(
+        cfg.model,
         n_users=N_USERS,
         n_items=N_ITEMS,
         n_tags=N_TAGS,
         n_numeric=7,
         visual_dim=DV if visual else 0,
         text_dim=DT if text else 0,
-        fusion=OmegaConf.to_container(cfg.fusion),
-        loss=OmegaConf.to_container(cfg.loss),
-        **cfg.model,
     )
     import scipy.sparse as sp
 

@@ -139,7 +139,7 @@ def baseline_run(
                 "source": {"baseline": {"_target_": f"x.{model}", "seed": seed, "k": 100}},
                 "protocol": {
                     "_target_": "multirec.eval.protocols.SampledProtocol",
-                    "n_negatives": 20,
+                    "num_negatives": 20,
                 },
                 "dataset": {"fingerprint": dataset, "root": "/nowhere"},
             }
@@ -348,7 +348,7 @@ def test_settings_an_experiment_file_sets_separate_rows_infrastructure_does_not(
             "seed": 1,
             "trainer": {"max_epochs": 20, "devices": devices},
             "data": {"root": out},
-            "protocols": {"sampled": {"n_negatives": 50}},
+            "protocols": {"sampled": {"num_negatives": 50}},
         }
 
     model_run(root, "a", "clip_sbert", 1, 0.30, composed=composed(64, "/a", 1))

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -24,7 +25,7 @@ from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
 from multirec.models.items import ItemInputs
-from multirec.models.recommender import MultimodalRecommender
+from multirec.models.neural import NeuralRecommender, dataset_sizes
 
 SAMPLE = Path("outputs/data/sample_pixelrec50k_tables")
 PREPARED = Path("outputs/prepared")
@@ -89,7 +90,7 @@ def fit_steps(model, dm, steps: int) -> float:
     return timer.steps * BATCH / timer.seconds
 
 
-def score_throughput(model: MultimodalRecommender, n_users: int, n_items: int) -> dict:
+def score_throughput(model: NeuralRecommender, n_users: int, n_items: int) -> dict:
     """Evaluation speed of the neural model: sampled lists (1 + 20 candidates) per second,
     batched, against a per-list Python loop; and full-ranking scores per second
     (users x item chunks, item tokens computed once per chunk)."""
@@ -137,19 +138,11 @@ def one_fusion(fusion: str) -> dict:
     )
     load_s = time.perf_counter() - t0
     feature_mib = (items.visual.nbytes + items.text.nbytes) / 2**20
-    model_cfg = OmegaConf.load(CONF / "model" / "default.yaml")
-    model = MultimodalRecommender(
-        n_users=ds.n_users,
-        n_items=n,
-        n_tags=ds.n_tags,
-        n_numeric=len(ds.numeric_columns),
-        visual_dim=1280,
-        text_dim=384,
-        fusion=OmegaConf.to_container(OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")),
-        loss={"_target_": "multirec.models.losses.BCELoss"},
-        **model_cfg,
-    )
-    model.attach_items(items, ds.interaction_matrix("train"))
+    model_cfg = OmegaConf.load(CONF / "model" / "multimodal.yaml")
+    model_cfg.fusion = OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")
+    model_cfg.loss = OmegaConf.load(CONF / "loss" / "bce.yaml")
+    model = instantiate(model_cfg, **dataset_sizes(ds, items))
+    model.attach(ds, items)
     dm = RecDataModule(ds, batch_size=BATCH, num_negatives=4, seed=0)
     pipeline = fit_steps(model, dm, STEPS)
     dm.trainer = None
