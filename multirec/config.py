@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from multirec.errors import ConfigError
+from multirec.errors import ConfigError, MultirecError
 
 T = TypeVar("T")
 
@@ -43,3 +45,18 @@ def plain(node: Any) -> Any:
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures are one line: an error the object itself
+    raises for a bad value (a :class:`MultirecError`) passes through as it is; anything else
+    (a wrong type, an unknown argument) names the config key."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MultirecError):
+            raise cause from None
+        key = node._get_full_key(None) if isinstance(node, DictConfig) else "?"
+        detail = str(cause or exc).strip().splitlines()
+        raise ConfigError(f"config {key}: {detail[0] if detail else exc}") from None

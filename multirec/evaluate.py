@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
+from multirec.config import build
 from multirec.data.dataset import PreparedDataset
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.evaluator import evaluate, write_results
@@ -30,20 +30,20 @@ def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
         from multirec.pipeline.checkpoints import load_checkpoint
 
         return load_checkpoint(cfg.ckpt_path, dataset, cfg.paths.cache_dir, device=cfg.device)
-    return instantiate(cfg.baseline).fit(dataset)
+    return build(cfg.baseline).fit(dataset)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the configured model; write results into ``cfg.paths.output_dir``; return metrics."""
     dataset = ensure_prepared(cfg.data, cfg.paths)
     model = load_model(cfg, dataset)
-    protocol = instantiate(cfg.protocol)
+    protocol = build(cfg.protocol)
     result = evaluate(
         model,
         dataset,
         protocol,
         cfg.split,
-        metrics=instantiate(cfg.eval),
+        metrics=build(cfg.eval),
         batch_size=cfg.batch_size,
     )
     lists = protocol.lists(dataset, cfg.split)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from multirec.cli import user_errors
+from multirec.config import build
 from multirec.reporting.build import CheckpointFigures, Report, build_report
 
 
@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> Report:
     figures = None
     if cfg.figures:
         figures = CheckpointFigures(
-            protocol=instantiate(cfg.protocol),
+            protocol=build(cfg.protocol),
             ckpt_path=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
             device=cfg.device,
             examples=cfg.examples,

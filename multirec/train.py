@@ -16,12 +16,12 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
+from multirec.config import build
 from multirec.errors import ConfigError
 from multirec.eval.callback import RankingEvaluation
 from multirec.eval.table import format_tables
@@ -75,25 +75,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     evaluation = RankingEvaluation(
         ds,
-        protocols={name: instantiate(p) for name, p in cfg.protocols.items()},
-        metrics=instantiate(cfg.eval),
+        protocols={name: build(p) for name, p in cfg.protocols.items()},
+        metrics=build(cfg.eval),
         valid_protocol=cfg.valid_protocol,
     )
-    datamodule = instantiate(cfg.datamodule, dataset=ds, item_features=items.content)
+    datamodule = build(cfg.datamodule, dataset=ds, item_features=items.content)
     provenance = {
         "dataset": ds.fingerprint,
         "encoder": OmegaConf.to_container(cfg.encoder, resolve=True),
         "caches": caches,
         "choices": _choices(),
     }
-    model = instantiate(cfg.model, **dataset_sizes(ds, items), provenance=provenance)
+    model = build(cfg.model, **dataset_sizes(ds, items), provenance=provenance)
     model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
     # evaluation first: checkpointing and early stopping monitor the metrics it logs
-    callbacks = [evaluation, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [evaluation, *(build(c) for c in (cfg.get("callbacks") or {}).values())]
+    loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model.load_state_dict(read_checkpoint(ckpt)["state_dict"])
         metrics.update(evaluation.test(trainer, model, out_dir, run))
         for bcfg in (cfg.get("compare") or {}).values():
-            baseline = instantiate(bcfg).fit(ds)
+            baseline = build(bcfg).fit(ds)
             comparison[baseline.name] = evaluation.compare(baseline)
         atomic_write_json(out_dir / "comparison.json", comparison)
     for logger in loggers if trainer.is_global_zero else []:  # other ranks hold no W&B run

@@ -12,9 +12,9 @@ import lightning as L
 import numpy as np
 import polars as pl
 import pytest
-from hydra.utils import instantiate
 
 from multirec.baselines.simple import MostPopular, RandomRecommender
+from multirec.config import build
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
@@ -82,7 +82,7 @@ def train_and_test(ds, visual, text, root, epochs: int = 6) -> float:
         None if text is None else (text, ok),
     )
     cfg = compose_cfg("train", [f"model.{k}={v}" for k, v in SETTINGS.items()], root)
-    model = instantiate(cfg.model, **dataset_sizes(ds, items))
+    model = build(cfg.model, **dataset_sizes(ds, items))
     model.attach(ds, items)
     dm = RecDataModule(ds, batch_size=256, num_negatives=4, seed=0)
     trainer = L.Trainer(
@@ -93,10 +93,10 @@ def train_and_test(ds, visual, text, root, epochs: int = 6) -> float:
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    return test_metric(ds, model)
+    return sampled_ndcg(ds, model)
 
 
-def test_metric(ds, model) -> float:
+def sampled_ndcg(ds, model) -> float:
     return evaluate(model, ds, SampledProtocol(), "test").metrics[METRIC]
 
 
@@ -105,8 +105,8 @@ def test_model_beats_popularity_and_text_beats_misleading_covers(world, tmp_path
     full = train_and_test(ds, visual, text, tmp_path)
     text_only = train_and_test(ds, None, text, tmp_path)
     visual_only = train_and_test(ds, visual, None, tmp_path)
-    pop = test_metric(ds, MostPopular().fit(ds))
-    rnd = test_metric(ds, RandomRecommender(seed=0).fit(ds))
+    pop = sampled_ndcg(ds, MostPopular().fit(ds))
+    rnd = sampled_ndcg(ds, RandomRecommender(seed=0).fit(ds))
     print(
         f"full {full:.3f} text {text_only:.3f} visual {visual_only:.3f} pop {pop:.3f} random {rnd:.3f}"
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
+from multirec.config import build
 from multirec.errors import MultirecError
 from multirec.models import fusion as F
 from multirec.models.items import ItemInputs
@@ -34,7 +34,7 @@ def model_from(
     tmp_path, overrides: list[str], visual: bool = True, text: bool = True
 ) -> MultimodalRecommender:
     cfg = compose_cfg("train", overrides, tmp_path)
-    m = instantiate(
+    m = build(
         cfg.model,
         n_users=N_USERS,
         n_items=N_ITEMS,

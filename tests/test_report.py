@@ -409,10 +409,10 @@ def test_no_runs_and_foreign_output_folders_are_refused(paper_runs, tmp_path):
 
 def test_report_config_composes_with_every_key_read(tmp_path):
     cfg = compose_cfg("report", ["runs=/x", "out=/y", "max_lists=5"], tmp_path)
-    assert cfg.eval._target_.endswith("SampledProtocol")
+    assert cfg.protocol._target_.endswith("SampledProtocol")
     assert set(cfg) == {
         "paths",
-        "eval",
+        "protocol",
         "runs",
         "out",
         "split",

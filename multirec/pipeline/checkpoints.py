@@ -84,10 +84,14 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a pickled class, not garbage
+            raise DataError(
+                f"{path} holds objects other than tensors and plain data, so it is not opened "
+                "(it could run code); use a checkpoint that multirec.train wrote"
+            ) from None
         raise DataError(
-            f"{path} holds objects other than tensors and plain data, so it is not opened "
-            "(it could run code); use a checkpoint that multirec.train wrote"
+            f"{path} is not a readable checkpoint (not a torch file); use another checkpoint"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise DataError(
