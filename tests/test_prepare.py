@@ -306,3 +306,96 @@ def test_data_without_count_columns(raw, tmp_path):
     cfg.columns.counts = []
     ds = prepare(cfg, tmp_path / "p", progress=False)
     assert ds.numeric_features().shape == (ds.n_items, 0)
+
+
+def test_non_finite_and_negative_counts_are_missing_and_counted(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    for i, bad in ((1, "inf"), (2, "nan"), (3, "-inf"), (4, "-5")):
+        item, _, rest = lines[i].split(",", 2)
+        lines[i] = f"{item},{bad},{rest}"  # the first count column (view_number)
+    p.write_text("\n".join(lines) + "\n")
+    ds = run(raw, tmp_path)
+    c = ds.manifest["counts"]
+    assert c["non_finite_count_values"] == 3 and c["negative_count_values"] == 1
+    num = ds.numeric_features()
+    assert np.isfinite(num).all() and np.isfinite(ds.manifest["numeric_stats"]["mean"]).all()
+    bad_rows = [ds.item_ids.tolist().index(f"i{i}") for i in range(4)]
+    assert not num[bad_rows, 0].any()  # missing -> the training mean, 0 after scaling
+
+
+def _set_timestamps(root: Path, fn) -> None:
+    p = root / "interactions.csv"
+    lines = p.read_text().splitlines()
+    rows = [ln.rsplit(",", 1) for ln in lines[1:]]
+    p.write_text(
+        "\n".join([lines[0], *(f"{a},{fn(i, int(t))}" for i, (a, t) in enumerate(rows))]) + "\n"
+    )
+
+
+def test_mixed_timestamp_units_refused_or_converted(raw, tmp_path):
+    _set_timestamps(raw, lambda i, t: t * 1000 if i % 2 else t)  # odd rows in milliseconds
+    with pytest.raises(DataError) as err:
+        run(raw, tmp_path)
+    msg = str(err.value)
+    assert "interactions.csv mixes timestamp units: line 2 has 1600000000 (seconds)" in msg
+    assert "line 3 has" in msg and "data.timestamp_unit=s" in msg and "\n" not in msg
+    seconds = run(raw, tmp_path, timestamp_unit="s")
+    assert seconds.manifest["counts"]["timestamps_converted"] == 96
+    assert all_interactions(seconds)["timestamp"].max() < 10**11
+    millis = run(raw, tmp_path, timestamp_unit="ms")
+    assert millis.manifest["counts"]["timestamps_converted"] == 96
+    assert all_interactions(millis)["timestamp"].min() >= 10**11
+    with pytest.raises(ConfigError, match="timestamp_unit='hours' is unknown"):
+        run(raw, tmp_path, timestamp_unit="hours")
+
+
+def test_one_unit_throughout_is_kept_as_it_is(raw, tmp_path):
+    _set_timestamps(raw, lambda i, t: t * 1000)
+    ds = run(raw, tmp_path)
+    assert ds.manifest["counts"]["timestamps_converted"] == 0
+    assert all_interactions(ds)["timestamp"].min() >= 10**12
+
+
+def test_row_with_extra_fields_names_its_line(raw, tmp_path):
+    p = raw / "interactions.csv"
+    lines = p.read_text().splitlines()
+    lines[5] += ",oops"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        run(raw, tmp_path)
+    assert str(err.value).startswith(f"{p} line 6 has 4 fields but the header has 3")
+    assert "\n" not in str(err.value)
+
+
+def test_unterminated_quote_names_its_line(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace('"Title 2"', '"Title 2')
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"item_info.csv line 4 is not valid CSV .*quoting"):
+        run(raw, tmp_path)
+
+
+def test_quote_inside_an_unquoted_field_names_its_line(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    lines[2] = lines[2].replace("tag1", 'tag"1')
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r'item_info.csv line 3: a " inside a field that is not in'):
+        run(raw, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [
+        ("utf-16", "item_info.csv is UTF-16; re-save it as UTF-8"),
+        ("utf-32", "item_info.csv is UTF-32; re-save it as UTF-8"),
+        ("utf-16-le", "item_info.csv line 1 holds a NUL byte"),
+    ],
+)
+def test_utf16_input_is_named_not_reported_as_missing_columns(raw, tmp_path, encoding, message):
+    p = raw / "item_info.csv"
+    p.write_bytes(p.read_text().encode(encoding))
+    with pytest.raises(DataError, match=message):
+        run(raw, tmp_path)

@@ -21,7 +21,7 @@ from multirec.data import covers as cov
 from multirec.data.config import DataConfig
 from multirec.data.dataset import MANIFEST, PreparedDataset
 from multirec.data.kcore import kcore_mask
-from multirec.data.pixelrec import RawData, read_pixelrec
+from multirec.data.pixelrec import TIMESTAMP_UNITS, RawData, read_pixelrec
 from multirec.data.side_info import encode_tags, standardise_counts
 from multirec.data.splits import DROPPED, TEST, TRAIN, VALID, split_labels
 from multirec.data.text import check_template, clean_text, render_text
@@ -29,7 +29,7 @@ from multirec.errors import ConfigError, DataError
 from multirec.io import atomic_dir, atomic_write_json, file_digest, fingerprint
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 1  # bump when the preparation logic changes what it writes
+PREP_VERSION = 2  # bump when the preparation logic changes what it writes
 
 
 def input_digest(cfg: DataConfig) -> dict:
@@ -65,6 +65,10 @@ def validate_settings(cfg: DataConfig) -> None:
         raise ConfigError(f"data.duplicates={cfg.duplicates!r} is unknown; valid: drop, error")
     if cfg.kcore < 1:
         raise ConfigError(f"data.kcore={cfg.kcore} must be >= 1")
+    if cfg.timestamp_unit not in TIMESTAMP_UNITS:
+        raise ConfigError(
+            f"data.timestamp_unit={cfg.timestamp_unit!r} is unknown; valid: {', '.join(TIMESTAMP_UNITS)}"
+        )
     check_template(cfg.text.template)
 
 
@@ -81,8 +85,8 @@ def clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.Dat
     if dup.height and cfg.duplicates == "error":
         first = dup.row(0, named=True)
         raise DataError(
-            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']} and item "
-            f"{first['item_id']} appear together more than once; set data.duplicates=drop to keep the first"
+            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']!r} and item "
+            f"{first['item_id']!r} appear together more than once; set data.duplicates=drop to keep the first"
         )
     deduped = known.sort(["user_id", "timestamp", "item_id"]).unique(
         subset=["user_id", "item_id"], keep="first", maintain_order=True
@@ -138,7 +142,7 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
         if ds.fingerprint == fp:
             log.info("prepared dataset up to date: %s", target)
             return ds
-    raw = read_pixelrec(cfg.root, cfg.files, cfg.columns)
+    raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
     counts: Counter = Counter(raw.counts)
     inter = clean_interactions(raw, cfg, counts)
 
