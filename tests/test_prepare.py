@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 from PIL import Image
 
 from multirec.data.config import DataConfig
 from multirec.data.dataset import PreparedDataset
 from multirec.data.prepare import prepare
-from multirec.errors import ConfigError, DataError
+from multirec.errors import ConfigError, DataError, MultirecError
 from tests.rawdata import jpeg_bytes, write_raw
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cfg_for(root: Path, **kw) -> DataConfig:
@@ -399,3 +409,126 @@ def test_utf16_input_is_named_not_reported_as_missing_columns(raw, tmp_path, enc
     p.write_bytes(p.read_text().encode(encoding))
     with pytest.raises(DataError, match=message):
         run(raw, tmp_path)
+
+
+def test_dangling_cover_symlink_counts_as_missing(raw, tmp_path):
+    cover = raw / "covers" / "i0.jpg"
+    cover.unlink()
+    cover.symlink_to(raw / "covers" / "gone.jpg")
+    ds = run(raw, tmp_path, kcore=1)
+    assert ds.manifest["counts"]["cover_missing"] == 1 and "i0" not in set(ds.item_ids)
+
+
+def test_permission_errors_are_one_line_naming_the_path(raw, tmp_path, monkeypatch):
+    import multirec.data.covers as covers_mod
+    import multirec.data.prepare as prep
+
+    denied = raw / "interactions.csv"
+
+    def no_read(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(prep, "file_digest", no_read)
+        with pytest.raises(MultirecError) as err:
+            run(raw, tmp_path)
+    assert str(err.value) == (
+        f"cannot read {denied} (Permission denied); "
+        "make the raw data readable by this user or set data.root"
+    )
+    with monkeypatch.context() as m:
+        m.setattr(covers_mod.Image, "open", no_read)
+        with pytest.raises(DataError, match=r"cannot read cover .*i\d+.jpg \(permission denied\)"):
+            run(raw, tmp_path)
+    out = tmp_path / "prepared"
+    mkdir = Path.mkdir
+
+    def no_write(self, *a, **k):
+        if self == out or out in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return mkdir(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", no_write)
+        with pytest.raises(MultirecError, match=rf"cannot write {out} \(Permission denied\); "):
+            run(raw, tmp_path)
+
+
+def test_outputs_follow_the_umask(raw, tmp_path):
+    old = os.umask(0o002)
+    try:
+        ds = run(raw, tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(ds.root.stat().st_mode) == 0o775
+    for f in ds.root.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o664, f
+
+
+PREP_CHILD = """
+import sys, time
+from pathlib import Path
+from multirec.data import covers, prepare
+from multirec.data.config import DataConfig
+
+stage, raw, out, flag = sys.argv[1:5]
+
+def stall(*args, **kwargs):
+    Path(flag).touch()
+    time.sleep(300)
+
+if stage == "covers":
+    covers.JOB_SIZE = 2  # several jobs, so the worker pool runs (workers are forked: patched too)
+    covers.check_cover = stall
+else:
+    prepare.atomic_write_json = stall  # the manifest, written last into the temporary folder
+cfg = DataConfig(name="t", root=raw)
+cfg.covers.min_side, cfg.covers.workers, cfg.tags.min_count = 16, 2, 1
+prepare.prepare(cfg, out, progress=False)
+"""
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie has exited; it waits for its reaper)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("stage", ["covers", "write"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_path, stage, sig):
+    out, flag = tmp_path / "prepared", tmp_path / "stalled"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PREP_CHILD, stage, str(raw), str(out), str(flag)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == (2 if stage == "covers" else 0)
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -9), log
+    deadline = time.monotonic() + 10
+    while running(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(workers)
+    left = [p.name for p in out.iterdir()] if out.exists() else []
+    if stage == "write" and sig == signal.SIGKILL:  # nothing can clean up: the next run does
+        assert len(left) == 1 and left[0].startswith(".t-") and ".tmp-" in left[0]
+        ds = run(raw, tmp_path)
+        assert [p.name for p in out.iterdir()] == [ds.root.name]
+    else:
+        assert left == []

@@ -26,10 +26,19 @@ from multirec.data.side_info import encode_tags, standardise_counts
 from multirec.data.splits import DROPPED, TEST, TRAIN, VALID, split_labels
 from multirec.data.text import check_template, clean_text, render_text
 from multirec.errors import ConfigError, DataError
-from multirec.io import atomic_dir, atomic_write_json, file_digest, fingerprint
+from multirec.io import (
+    atomic_dir,
+    atomic_write_json,
+    file_digest,
+    fingerprint,
+    os_errors,
+    sigterm_unwinds,
+)
 
 log = logging.getLogger(__name__)
 PREP_VERSION = 2  # bump when the preparation logic changes what it writes
+READ_HINT = "make the raw data readable by this user or set data.root"
+WRITE_HINT = "choose a writable paths.prepared_dir"
 
 
 def input_digest(cfg: DataConfig) -> dict:
@@ -43,7 +52,10 @@ def input_digest(cfg: DataConfig) -> dict:
     listing = []
     if covers.is_dir():
         for p in sorted(covers.iterdir()):
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError:  # a dangling symlink: a missing cover, counted as such later
+                st = p.lstat()
             listing.append((p.name, st.st_size, st.st_mtime_ns))
     digests["covers"] = fingerprint(listing)
     digests["root"] = str(root.resolve())
@@ -133,16 +145,27 @@ def cover_counts(counts: Counter) -> dict[str, int]:
 
 
 def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) -> PreparedDataset:
-    """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result."""
+    """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result.
+
+    SIGTERM unwinds like Ctrl-C while this runs, so a stopped preparation leaves neither
+    a temporary folder nor cover-validation workers behind.
+    """
     validate_settings(cfg)
-    fp, inputs = dataset_fingerprint(cfg)
-    target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
-    if (target / MANIFEST).is_file():
-        ds = PreparedDataset.load(target)
-        if ds.fingerprint == fp:
-            log.info("prepared dataset up to date: %s", target)
-            return ds
-    raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
+    with sigterm_unwinds():
+        return _prepare(cfg, Path(prepared_dir), progress)
+
+
+def _prepare(cfg: DataConfig, prepared_dir: Path, progress: bool) -> PreparedDataset:
+    with os_errors("read", READ_HINT):
+        fp, inputs = dataset_fingerprint(cfg)
+    target = prepared_dir / f"{cfg.name}-{fp[:12]}"
+    with os_errors("read", WRITE_HINT):
+        earlier = PreparedDataset.load(target) if (target / MANIFEST).is_file() else None
+    if earlier is not None and earlier.fingerprint == fp:
+        log.info("prepared dataset up to date: %s", target)
+        return earlier
+    with os_errors("read", READ_HINT):
+        raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
     counts: Counter = Counter(raw.counts)
     inter = clean_interactions(raw, cfg, counts)
 
@@ -224,7 +247,7 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
         "split_sizes": split_sizes,
         "counts": dict(sorted(counts.items())),
     }
-    with atomic_dir(target) as tmp:
+    with os_errors("write", WRITE_HINT), atomic_dir(target) as tmp:
         users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(
             tmp / "users.parquet"
         )
