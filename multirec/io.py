@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 OWNER_MARKER = ".multirec-owned"
 # ".<name>.tmp-<pid>@<host>-<random>": a temporary sibling, or ".old-" for a replaced one.
 _SCRATCH = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)@(?P<host>.+)-[0-9a-f]{8}$")
+_LOCK = re.compile(r"^\..+\.multirec\.lock$")  # see sibling_lock
 # Failures a user fixes by changing permissions, space or paths, not by reading a traceback.
 _USER_OS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
@@ -89,14 +90,19 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_scratch(folder: Path) -> None:
-    """Remove temporary siblings in ``folder`` left by dead processes of this host.
+    """Remove temporary siblings and lock files in ``folder`` left by dead processes.
 
     Only names multirec makes are considered, directories only when they carry the
     ownership marker or are empty, and never those of a live process or another host
-    (whose process ids mean nothing here).
+    (whose process ids mean nothing here). A lock file goes only if it can be locked,
+    that is when no process holds it.
     """
     host = socket.gethostname()
     for p in folder.iterdir():
+        if _LOCK.match(p.name):
+            with suppress(MultirecError), exclusive_lock(p, 0, "holding it"):
+                pass  # locked, so nobody held it; it is removed on release
+            continue
         m = _SCRATCH.match(p.name)
         if m is None or m["host"] != host or _alive(int(m["pid"])):
             continue
@@ -162,6 +168,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(
         path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
     )
+
+
+def sibling_lock(target: Path) -> Path:
+    """The hidden lock file beside ``target`` that :func:`remove_stale_scratch` knows."""
+    return target.with_name(f".{target.name}.multirec.lock")
 
 
 @contextmanager

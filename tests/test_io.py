@@ -23,6 +23,7 @@ from multirec.io import (
     exclusive_lock,
     os_errors,
     remove_stale_scratch,
+    sibling_lock,
 )
 
 
@@ -69,6 +70,8 @@ def test_leftovers_of_dead_processes_on_this_host_are_removed(tmp_path):
     (old / OWNER_MARKER).touch()
     tmp_file = tmp_path / f".caches.json.tmp-{dead}@{host}-22222222"
     tmp_file.write_bytes(b"{")
+    sibling_lock(tmp_path / "old-ds").touch()  # its holder was killed
+    held = sibling_lock(tmp_path / "ds")
     kept = [
         tmp_path / f".ds.tmp-{os.getpid()}@{host}-33333333",  # a live process's
         tmp_path / f".ds.tmp-{dead}@another-host-44444444",  # pid means nothing here
@@ -78,9 +81,12 @@ def test_leftovers_of_dead_processes_on_this_host_are_removed(tmp_path):
     for p in kept:
         p.mkdir()
         (p / "user-file").touch()
-    with atomic_dir(tmp_path / "ds") as tmp:
+    (tmp_path / ".editor.lock").touch()  # not multirec's
+    with exclusive_lock(held, 0, "preparing ds"), atomic_dir(tmp_path / "ds") as tmp:
         (tmp / "x").touch()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", *(p.name for p in kept)])
+        assert held.exists()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["ds", ".editor.lock", *(p.name for p in kept)])
     remove_stale_scratch(tmp_path)  # idempotent
     assert all((p / "user-file").exists() for p in kept)
 

@@ -466,26 +466,51 @@ def test_outputs_follow_the_umask(raw, tmp_path):
 
 
 PREP_CHILD = """
-import sys, time
+import logging, sys, time
 from pathlib import Path
 from multirec.data import covers, prepare
 from multirec.data.config import DataConfig
 
 stage, raw, out, flag = sys.argv[1:5]
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-def stall(*args, **kwargs):
-    Path(flag).touch()
-    time.sleep(300)
+def stalling(fn):  # say so, then wait to be stopped, or for the go-ahead
+    def stall(*args, **kwargs):
+        Path(flag).touch()
+        deadline = time.monotonic() + 300
+        while not Path(flag + ".go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return fn(*args, **kwargs)
+    return stall
 
 if stage == "covers":
     covers.JOB_SIZE = 2  # several jobs, so the worker pool runs (workers are forked: patched too)
-    covers.check_cover = stall
-else:
-    prepare.atomic_write_json = stall  # the manifest, written last into the temporary folder
+    covers.check_cover = stalling(covers.check_cover)
+elif stage == "write":  # the manifest, written last into the temporary folder
+    prepare.atomic_write_json = stalling(prepare.atomic_write_json)
 cfg = DataConfig(name="t", root=raw)
 cfg.covers.min_side, cfg.covers.workers, cfg.tags.min_count = 16, 2, 1
 prepare.prepare(cfg, out, progress=False)
 """
+
+
+def prep_child(stage: str, raw: Path, out: Path, flag: Path) -> subprocess.Popen:
+    """A preparation in another process; ``covers`` / ``write`` stall at that stage."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PREP_CHILD, stage, str(raw), str(out), str(flag)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(flag: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
 
 
 def running(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -504,18 +529,8 @@ def running(procs: list[psutil.Process]) -> list[psutil.Process]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_path, stage, sig):
     out, flag = tmp_path / "prepared", tmp_path / "stalled"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PREP_CHILD, stage, str(raw), str(out), str(flag)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    proc = prep_child(stage, raw, out, flag)
+    wait_for(flag, proc)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert len(workers) == (2 if stage == "covers" else 0)
     proc.send_signal(sig)
@@ -525,10 +540,34 @@ def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_pat
     while running(workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(workers)
-    left = [p.name for p in out.iterdir()] if out.exists() else []
-    if stage == "write" and sig == signal.SIGKILL:  # nothing can clean up: the next run does
-        assert len(left) == 1 and left[0].startswith(".t-") and ".tmp-" in left[0]
+    left = sorted(p.name for p in out.iterdir())
+    if sig == signal.SIGKILL:  # nothing could clean up: the next run does
+        assert [n.endswith(".multirec.lock") for n in left] == [True] + [False] * (stage == "write")
+        assert all(".tmp-" in n for n in left[1:])
         ds = run(raw, tmp_path)
         assert [p.name for p in out.iterdir()] == [ds.root.name]
     else:
         assert left == []
+
+
+def test_second_preparation_waits_for_the_first_and_reuses_it(raw, tmp_path):
+    out, flag = tmp_path / "prepared", tmp_path / "stalled"
+    first = prep_child("write", raw, out, flag)
+    seen = []
+    try:
+        wait_for(flag, first)
+        second = prep_child("plain", raw, out, flag)
+        for line in second.stdout:  # until it says it waits (or ends)
+            seen.append(line)
+            if "waiting up to" in line:
+                break
+    finally:
+        Path(f"{flag}.go").touch()
+    logs = [first.communicate(timeout=120)[0], "".join(seen) + second.communicate(timeout=120)[0]]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    (ds,) = out.iterdir()
+    assert (
+        f"for another process preparing {ds} (lock {out / f'.{ds.name}.multirec.lock'})" in logs[1]
+    )
+    assert f"prepared dataset written: {ds}" in logs[0]
+    assert f"prepared dataset up to date: {ds}" in logs[1] and "written" not in logs[1]

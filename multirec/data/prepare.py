@@ -29,9 +29,11 @@ from multirec.errors import ConfigError, DataError
 from multirec.io import (
     atomic_dir,
     atomic_write_json,
+    exclusive_lock,
     file_digest,
     fingerprint,
     os_errors,
+    sibling_lock,
     sigterm_unwinds,
 )
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 PREP_VERSION = 2  # bump when the preparation logic changes what it writes
 READ_HINT = "make the raw data readable by this user or set data.root"
 WRITE_HINT = "choose a writable paths.prepared_dir"
+LOCK_TIMEOUT_S = 2 * 3600  # longest wait for another process preparing the same dataset
 
 
 def input_digest(cfg: DataConfig) -> dict:
@@ -147,23 +150,38 @@ def cover_counts(counts: Counter) -> dict[str, int]:
 def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) -> PreparedDataset:
     """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result.
 
+    Processes preparing the same dataset at once (parallel sweep jobs on new data) take
+    turns through a lock: the first prepares, the others wait and reuse its result.
     SIGTERM unwinds like Ctrl-C while this runs, so a stopped preparation leaves neither
     a temporary folder nor cover-validation workers behind.
     """
     validate_settings(cfg)
     with sigterm_unwinds():
-        return _prepare(cfg, Path(prepared_dir), progress)
+        with os_errors("read", READ_HINT):
+            fp, inputs = dataset_fingerprint(cfg)
+        target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
+        earlier = _prepared(target, fp)
+        if earlier is not None:
+            return earlier
+        with os_errors("write", WRITE_HINT):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(sibling_lock(target), LOCK_TIMEOUT_S, f"preparing {target}"):
+            return _prepared(target, fp) or _prepare(cfg, target, fp, inputs, progress)
 
 
-def _prepare(cfg: DataConfig, prepared_dir: Path, progress: bool) -> PreparedDataset:
-    with os_errors("read", READ_HINT):
-        fp, inputs = dataset_fingerprint(cfg)
-    target = prepared_dir / f"{cfg.name}-{fp[:12]}"
+def _prepared(target: Path, fp: str) -> PreparedDataset | None:
+    """The finished dataset at ``target`` when it is the one of fingerprint ``fp``."""
     with os_errors("read", WRITE_HINT):
         earlier = PreparedDataset.load(target) if (target / MANIFEST).is_file() else None
-    if earlier is not None and earlier.fingerprint == fp:
-        log.info("prepared dataset up to date: %s", target)
-        return earlier
+    if earlier is None or earlier.fingerprint != fp:
+        return None
+    log.info("prepared dataset up to date: %s", target)
+    return earlier
+
+
+def _prepare(
+    cfg: DataConfig, target: Path, fp: str, inputs: dict, progress: bool
+) -> PreparedDataset:
     with os_errors("read", READ_HINT):
         raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
     counts: Counter = Counter(raw.counts)
