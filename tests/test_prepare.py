@@ -525,8 +525,12 @@ def running(procs: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
+# Exit status: Ctrl-C ends with SIGINT after unwinding, SIGTERM with SystemExit(143).
+STOPPED = {signal.SIGINT: -signal.SIGINT, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
+
+
 @pytest.mark.parametrize("stage", ["covers", "write"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", list(STOPPED))
 def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_path, stage, sig):
     out, flag = tmp_path / "prepared", tmp_path / "stalled"
     proc = prep_child(stage, raw, out, flag)
@@ -535,7 +539,7 @@ def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_pat
     assert len(workers) == (2 if stage == "covers" else 0)
     proc.send_signal(sig)
     log = proc.communicate(timeout=60)[0]
-    assert proc.returncode == (143 if sig == signal.SIGTERM else -9), log
+    assert proc.returncode == STOPPED[sig], log
     deadline = time.monotonic() + 10
     while running(workers) and time.monotonic() < deadline:
         time.sleep(0.1)

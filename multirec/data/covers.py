@@ -20,6 +20,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from multiprocessing.pool import IMapIterator
 
 from PIL import Image
 from tqdm import tqdm
@@ -102,6 +103,19 @@ def _init_worker(parent: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
+def _next_result(parts: IMapIterator) -> list[tuple[str, str | None]]:
+    """The next worker result, waking twice a second while waiting.
+
+    The kernel may hand Ctrl-C or SIGTERM to any thread (polars starts many); Python runs
+    the handler, which stops the pool, only when the main thread next runs bytecode.
+    """
+    while True:
+        try:
+            return parts.next(timeout=0.5)
+        except multiprocessing.TimeoutError:
+            continue
+
+
 def check_covers(
     paths: Sequence[str | None],
     min_side: int,
@@ -116,7 +130,9 @@ def check_covers(
     if workers > 1 and len(jobs) > 1:
         # Leaving the block terminates the workers, also when it is left by an exception.
         with multiprocessing.Pool(workers, _init_worker, (os.getpid(),)) as pool:
-            for part in pool.imap(_check_chunk, jobs):
+            parts = pool.imap(_check_chunk, jobs)
+            for _ in jobs:
+                part = _next_result(parts)
                 results.extend(part)
                 bar.update(len(part))
     else:
