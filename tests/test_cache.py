@@ -195,3 +195,52 @@ def test_lazy_reader_is_picklable_and_works_in_forked_workers(final):
     np.testing.assert_array_equal(clone.valid, status == OK)
     rows = torch.cat(list(DataLoader(_Rows(reader), batch_size=3, num_workers=2)))
     np.testing.assert_array_equal(rows.numpy(), whole)
+
+
+def _flip_byte(path: Path, dataset: str, row: int) -> None:
+    """Invert one byte of ``dataset``'s row ``row`` in the file, behind HDF5's back."""
+    with h5py.File(path) as f:
+        dset = f[dataset]
+        offset = dset.id.get_offset() + row * (dset.size // len(dset)) * dset.dtype.itemsize
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize(("dataset", "row"), [("features", 5), ("status", 9), ("valid", 0)])
+def test_changed_bytes_are_refused_on_every_open(final, dataset, row):
+    feats, status = data()
+    write(final, feats, status)
+    _flip_byte(final, dataset, row)
+    first = row - row % CHUNK
+    for check in (
+        lambda: load_features(final),
+        lambda: FeatureReader(final),
+        lambda: check_finished(final, "d" * 64, "e" * 64, N),
+    ):
+        with pytest.raises(CorruptCacheError) as err:
+            check()
+        msg = str(err.value)
+        assert str(final) in msg and "\n" not in msg
+        assert f"items {first}..{min(first + CHUNK, N) - 1} do not match their checksum" in msg
+        assert "rebuild=true" in msg and "delete the file" in msg
+
+
+def test_cache_without_checksums_is_an_old_format(final):
+    feats, status = data()
+    write(final, feats, status)
+    with h5py.File(final, "r+") as f:
+        del f["checksums"]
+        f.attrs["format_version"] = 1
+    with pytest.raises(CorruptCacheError, match="old format.*rebuild=true"):
+        load_features(final)
+
+
+def test_blocks_must_be_whole_chunks(final):
+    feats, status = data()
+    w = ShardWriter.open(final.with_name(final.name + ".partial"), 0, N, DIM, "float16", ATTRS)
+    with pytest.raises(RuntimeError, match="not one chunk"):
+        w.commit(0, feats[:3], status[:3])
+    w.close()

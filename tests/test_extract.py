@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ from multirec.features.cache import (
     UNDECODABLE,
     CorruptCacheError,
     load_features,
+    lock_file,
 )
 from multirec.features.extraction import ensure_cache, instantiate_encoder
+from multirec.io import exclusive_lock
 from tests.conftest import compose_cfg
 from tests.rawdata import write_raw
 from tests.test_encoders import encode_images, encode_texts, save_tiny_bert, save_tiny_clip
@@ -279,6 +282,84 @@ def test_two_processes_store_the_same_features_as_one(ds, reference, tmp_path):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert got[2]["world_size"] == 2
+
+
+LOCK_CHILD = """
+import logging, sys, time
+from pathlib import Path
+from omegaconf import OmegaConf
+from multirec.data.dataset import PreparedDataset
+from multirec.features import cache
+from multirec.features.extraction import ensure_cache
+
+prepared, cfg_file, cache_dir, pause = sys.argv[1:5]
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+if pause:  # after its first chunk, say so and wait for the test's go-ahead
+    commit = cache.ShardWriter.commit
+    def paused(self, *a, **k):
+        commit(self, *a, **k)
+        Path(pause, "building").touch()
+        deadline = time.monotonic() + 300
+        while not Path(pause, "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    cache.ShardWriter.commit = paused
+ensure_cache(PreparedDataset.load(prepared), OmegaConf.load(cfg_file), Path(cache_dir), chunk_rows=4, progress=False)
+"""
+
+
+def test_second_process_waits_for_the_first_build_and_reuses_it(ds, reference, tmp_path):
+    enc_cfg, paths = reference
+    cache_dir, cfg_file = tmp_path / "cache", tmp_path / "visual.yaml"
+    OmegaConf.save(enc_cfg.visual, cfg_file)
+
+    def start(pause: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", LOCK_CHILD, str(ds.root), str(cfg_file), str(cache_dir), pause],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    first = start(str(tmp_path))
+    second = None
+    try:
+        while not (tmp_path / "building").exists():
+            assert first.poll() is None, first.communicate()[0]
+            time.sleep(0.05)
+        second = start("")
+        seen = []
+        for line in second.stdout:  # until it says it waits (or ends)
+            seen.append(line)
+            if "waiting up to" in line:
+                break
+    finally:
+        (tmp_path / "go").touch()
+    outs = [first.communicate(timeout=300)[0], "".join(seen) + second.communicate(timeout=300)[0]]
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    lock = cache_dir / (paths["visual"].name + ".lock")
+    assert (
+        f"waiting up to 7200 s for another process building {cache_dir / paths['visual'].name} (lock {lock})"
+        in outs[1]
+    )
+    assert "".join(outs).count("extracting visual features") == 1
+    assert "feature cache written" in outs[0] and "cache hit" in outs[1]
+    assert [p.name for p in cache_dir.iterdir()] == [paths["visual"].name]  # no lock left
+    np.testing.assert_array_equal(
+        load_features(cache_dir / paths["visual"].name)[0], load_features(paths["visual"])[0]
+    )
+
+
+def test_waiting_for_a_build_gives_up_naming_the_lock(ds, reference, tmp_path):
+    enc_cfg, paths = reference
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    lock = lock_file(cache_dir / paths["visual"].name)
+    with exclusive_lock(lock, 0, "testing"), pytest.raises(MultirecError) as err:
+        ensure_cache(ds, enc_cfg.visual, cache_dir, progress=False, lock_timeout_s=0.3)
+    assert f"waiting for lock {lock}" in str(err.value) and "\n" not in str(err.value)
+    assert not any(cache_dir.iterdir())
 
 
 def test_unwritable_or_full_disk_fails_cleanly_and_leaves_nothing_finished(

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 from PIL import Image
 
 from multirec.data.config import DataConfig
 from multirec.data.dataset import PreparedDataset
 from multirec.data.prepare import prepare
-from multirec.errors import ConfigError, DataError
+from multirec.errors import ConfigError, DataError, MultirecError
 from tests.rawdata import jpeg_bytes, write_raw
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cfg_for(root: Path, **kw) -> DataConfig:
@@ -306,3 +316,262 @@ def test_data_without_count_columns(raw, tmp_path):
     cfg.columns.counts = []
     ds = prepare(cfg, tmp_path / "p", progress=False)
     assert ds.numeric_features().shape == (ds.n_items, 0)
+
+
+def test_non_finite_and_negative_counts_are_missing_and_counted(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    for i, bad in ((1, "inf"), (2, "nan"), (3, "-inf"), (4, "-5")):
+        item, _, rest = lines[i].split(",", 2)
+        lines[i] = f"{item},{bad},{rest}"  # the first count column (view_number)
+    p.write_text("\n".join(lines) + "\n")
+    ds = run(raw, tmp_path)
+    c = ds.manifest["counts"]
+    assert c["non_finite_count_values"] == 3 and c["negative_count_values"] == 1
+    num = ds.numeric_features()
+    assert np.isfinite(num).all() and np.isfinite(ds.manifest["numeric_stats"]["mean"]).all()
+    bad_rows = [ds.item_ids.tolist().index(f"i{i}") for i in range(4)]
+    assert not num[bad_rows, 0].any()  # missing -> the training mean, 0 after scaling
+
+
+def _set_timestamps(root: Path, fn) -> None:
+    p = root / "interactions.csv"
+    lines = p.read_text().splitlines()
+    rows = [ln.rsplit(",", 1) for ln in lines[1:]]
+    p.write_text(
+        "\n".join([lines[0], *(f"{a},{fn(i, int(t))}" for i, (a, t) in enumerate(rows))]) + "\n"
+    )
+
+
+def test_mixed_timestamp_units_refused_or_converted(raw, tmp_path):
+    _set_timestamps(raw, lambda i, t: t * 1000 if i % 2 else t)  # odd rows in milliseconds
+    with pytest.raises(DataError) as err:
+        run(raw, tmp_path)
+    msg = str(err.value)
+    assert "interactions.csv mixes timestamp units: line 2 has 1600000000 (seconds)" in msg
+    assert "line 3 has" in msg and "data.timestamp_unit=s" in msg and "\n" not in msg
+    seconds = run(raw, tmp_path, timestamp_unit="s")
+    assert seconds.manifest["counts"]["timestamps_converted"] == 96
+    assert all_interactions(seconds)["timestamp"].max() < 10**11
+    millis = run(raw, tmp_path, timestamp_unit="ms")
+    assert millis.manifest["counts"]["timestamps_converted"] == 96
+    assert all_interactions(millis)["timestamp"].min() >= 10**11
+    with pytest.raises(ConfigError, match="timestamp_unit='hours' is unknown"):
+        run(raw, tmp_path, timestamp_unit="hours")
+
+
+def test_one_unit_throughout_is_kept_as_it_is(raw, tmp_path):
+    _set_timestamps(raw, lambda i, t: t * 1000)
+    ds = run(raw, tmp_path)
+    assert ds.manifest["counts"]["timestamps_converted"] == 0
+    assert all_interactions(ds)["timestamp"].min() >= 10**12
+
+
+def test_row_with_extra_fields_names_its_line(raw, tmp_path):
+    p = raw / "interactions.csv"
+    lines = p.read_text().splitlines()
+    lines[5] += ",oops"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        run(raw, tmp_path)
+    assert str(err.value).startswith(f"{p} line 6 has 4 fields but the header has 3")
+    assert "\n" not in str(err.value)
+
+
+def test_unterminated_quote_names_its_line(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace('"Title 2"', '"Title 2')
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"item_info.csv line 4 is not valid CSV .*quoting"):
+        run(raw, tmp_path)
+
+
+def test_quote_inside_an_unquoted_field_names_its_line(raw, tmp_path):
+    p = raw / "item_info.csv"
+    lines = p.read_text().splitlines()
+    lines[2] = lines[2].replace("tag1", 'tag"1')
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r'item_info.csv line 3: a " inside a field that is not in'):
+        run(raw, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [
+        ("utf-16", "item_info.csv is UTF-16; re-save it as UTF-8"),
+        ("utf-32", "item_info.csv is UTF-32; re-save it as UTF-8"),
+        ("utf-16-le", "item_info.csv line 1 holds a NUL byte"),
+    ],
+)
+def test_utf16_input_is_named_not_reported_as_missing_columns(raw, tmp_path, encoding, message):
+    p = raw / "item_info.csv"
+    p.write_bytes(p.read_text().encode(encoding))
+    with pytest.raises(DataError, match=message):
+        run(raw, tmp_path)
+
+
+def test_dangling_cover_symlink_counts_as_missing(raw, tmp_path):
+    cover = raw / "covers" / "i0.jpg"
+    cover.unlink()
+    cover.symlink_to(raw / "covers" / "gone.jpg")
+    ds = run(raw, tmp_path, kcore=1)
+    assert ds.manifest["counts"]["cover_missing"] == 1 and "i0" not in set(ds.item_ids)
+
+
+def test_permission_errors_are_one_line_naming_the_path(raw, tmp_path, monkeypatch):
+    import multirec.data.covers as covers_mod
+    import multirec.data.prepare as prep
+
+    denied = raw / "interactions.csv"
+
+    def no_read(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(prep, "file_digest", no_read)
+        with pytest.raises(MultirecError) as err:
+            run(raw, tmp_path)
+    assert str(err.value) == (
+        f"cannot read {denied} (Permission denied); "
+        "make the raw data readable by this user or set data.root"
+    )
+    with monkeypatch.context() as m:
+        m.setattr(covers_mod.Image, "open", no_read)
+        with pytest.raises(DataError, match=r"cannot read cover .*i\d+.jpg \(permission denied\)"):
+            run(raw, tmp_path)
+    out = tmp_path / "prepared"
+    mkdir = Path.mkdir
+
+    def no_write(self, *a, **k):
+        if self == out or out in self.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return mkdir(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", no_write)
+        with pytest.raises(MultirecError, match=rf"cannot write {out} \(Permission denied\); "):
+            run(raw, tmp_path)
+
+
+def test_outputs_follow_the_umask(raw, tmp_path):
+    old = os.umask(0o002)
+    try:
+        ds = run(raw, tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(ds.root.stat().st_mode) == 0o775
+    for f in ds.root.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o664, f
+
+
+PREP_CHILD = """
+import logging, sys, time
+from pathlib import Path
+from multirec.data import covers, prepare
+from multirec.data.config import DataConfig
+
+stage, raw, out, flag = sys.argv[1:5]
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+def stalling(fn):  # say so, then wait to be stopped, or for the go-ahead
+    def stall(*args, **kwargs):
+        Path(flag).touch()
+        deadline = time.monotonic() + 300
+        while not Path(flag + ".go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return fn(*args, **kwargs)
+    return stall
+
+if stage == "covers":
+    covers.JOB_SIZE = 2  # several jobs, so the worker pool runs (workers are forked: patched too)
+    covers.check_cover = stalling(covers.check_cover)
+elif stage == "write":  # the manifest, written last into the temporary folder
+    prepare.atomic_write_json = stalling(prepare.atomic_write_json)
+cfg = DataConfig(name="t", root=raw)
+cfg.covers.min_side, cfg.covers.workers, cfg.tags.min_count = 16, 2, 1
+prepare.prepare(cfg, out, progress=False)
+"""
+
+
+def prep_child(stage: str, raw: Path, out: Path, flag: Path) -> subprocess.Popen:
+    """A preparation in another process; ``covers`` / ``write`` stall at that stage."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PREP_CHILD, stage, str(raw), str(out), str(flag)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(flag: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie has exited; it waits for its reaper)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+# Exit status: Ctrl-C ends with SIGINT after unwinding, SIGTERM with SystemExit(143).
+STOPPED = {signal.SIGINT: -signal.SIGINT, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
+
+
+@pytest.mark.parametrize("stage", ["covers", "write"])
+@pytest.mark.parametrize("sig", list(STOPPED))
+def test_stopped_preparation_leaves_no_workers_or_temporary_folders(raw, tmp_path, stage, sig):
+    out, flag = tmp_path / "prepared", tmp_path / "stalled"
+    proc = prep_child(stage, raw, out, flag)
+    wait_for(flag, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == (2 if stage == "covers" else 0)
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == STOPPED[sig], log
+    deadline = time.monotonic() + 10
+    while running(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(workers)
+    left = sorted(p.name for p in out.iterdir())
+    if sig == signal.SIGKILL:  # nothing could clean up: the next run does
+        assert [n.endswith(".multirec.lock") for n in left] == [True] + [False] * (stage == "write")
+        assert all(".tmp-" in n for n in left[1:])
+        ds = run(raw, tmp_path)
+        assert [p.name for p in out.iterdir()] == [ds.root.name]
+    else:
+        assert left == []
+
+
+def test_second_preparation_waits_for_the_first_and_reuses_it(raw, tmp_path):
+    out, flag = tmp_path / "prepared", tmp_path / "stalled"
+    first = prep_child("write", raw, out, flag)
+    seen = []
+    try:
+        wait_for(flag, first)
+        second = prep_child("plain", raw, out, flag)
+        for line in second.stdout:  # until it says it waits (or ends)
+            seen.append(line)
+            if "waiting up to" in line:
+                break
+    finally:
+        Path(f"{flag}.go").touch()
+    logs = [first.communicate(timeout=120)[0], "".join(seen) + second.communicate(timeout=120)[0]]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    (ds,) = out.iterdir()
+    assert (
+        f"for another process preparing {ds} (lock {out / f'.{ds.name}.multirec.lock'})" in logs[1]
+    )
+    assert f"prepared dataset written: {ds}" in logs[0]
+    assert f"prepared dataset up to date: {ds}" in logs[1] and "written" not in logs[1]

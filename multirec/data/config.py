@@ -68,6 +68,7 @@ class DataConfig:
     sample: Any = None  # generator kwargs (size, seed, ...) when the data is a synthetic sample
     files: FilesConfig = field(default_factory=FilesConfig)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    timestamp_unit: str = "auto"  # auto (one unit, mixed refused) | s | ms (convert to it)
     duplicates: str = "drop"
     text: TextConfig = field(default_factory=TextConfig)
     covers: CoversConfig = field(default_factory=CoversConfig)

@@ -7,7 +7,10 @@ repair whose count lands in the prepared dataset's manifest.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +20,18 @@ from multirec.data.config import ColumnsConfig, FilesConfig
 from multirec.errors import DataError
 
 COVER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+TIMESTAMP_UNITS = ("auto", "s", "ms")
+# A timestamp at least this large is taken as milliseconds: as seconds it would be after
+# the year 5000, as milliseconds it is after March 1973.
+MS_THRESHOLD = 10**11
+# Byte-order marks of encodings that are not UTF-8 (longest first: UTF-32LE starts like UTF-16LE).
+BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+POLARS_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException)
 
 
 @dataclass
@@ -36,14 +51,34 @@ def _require_file(path: Path, what: str) -> None:
         raise DataError(f"{path} is empty; expected a CSV with a header row and data")
 
 
-def _first_non_utf8_line(path: Path) -> int | None:
+def _check_encoding(path: Path) -> None:
+    """Refuse text that is not UTF-8 before polars misreads it (UTF-16 parses as
+    columns with NUL bytes in their names, so it would be reported as missing columns)."""
     with open(path, "rb") as f:
+        head = f.read(4)
+        for bom, name in BOMS:
+            if head.startswith(bom):
+                raise DataError(
+                    f"{path} is {name}; re-save it as UTF-8 (e.g. iconv -f {name} -t UTF-8)"
+                )
+        f.seek(0)
         for lineno, raw in enumerate(f, start=1):
+            if b"\0" in raw:
+                raise DataError(
+                    f"{path} line {lineno} holds a NUL byte: the file is binary or UTF-16/32 "
+                    "without a byte-order mark; re-save it as UTF-8 text"
+                )
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
-                return lineno
-    return None
+                raise DataError(
+                    f"{path} line {lineno} is not UTF-8; re-encode the file as UTF-8 "
+                    "(e.g. iconv -f GB18030 -t UTF-8)"
+                ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _header(path: Path) -> list[str]:
@@ -51,6 +86,58 @@ def _header(path: Path) -> list[str]:
         return pl.read_csv(path, n_rows=0, infer_schema=False).columns
     except pl.exceptions.NoDataError:
         raise DataError(f"{path} is empty; expected a CSV with a header row and data") from None
+    except POLARS_ERRORS as exc:
+        raise DataError(f"{path}: the header row is not valid CSV ({_first_line(exc)})") from None
+
+
+def _malformed(path: Path, exc: BaseException) -> DataError:
+    """Say where ``path`` breaks the CSV rules; polars's own message names no line.
+
+    Only runs after polars has failed, so reading the file again in Python costs nothing
+    on good data.
+    """
+    limit = csv.field_size_limit(sys.maxsize)  # the true fault, not the csv module's limit
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            record: list[str] = []  # the physical lines of the record being parsed
+
+            def lines() -> Iterator[str]:
+                for text in f:
+                    record.append(text)
+                    yield text
+
+            rows = csv.reader(lines(), strict=True)
+            width, line = None, 1
+            try:
+                for row in rows:
+                    if width is None:
+                        width = len(row)
+                    elif len(row) > width:
+                        return DataError(
+                            f"{path} line {line} has {len(row)} fields but the header has {width}; "
+                            'put fields that contain commas in double quotes ("a, b")'
+                        )
+                    # An odd number of quotes means one stands inside an unquoted field,
+                    # which polars (unlike the csv module) reads as opening a quoted one.
+                    if "".join(record).count('"') % 2:
+                        return DataError(
+                            f'{path} line {line}: a " inside a field that is not in double '
+                            'quotes; put the field in double quotes and double the " in it'
+                        )
+                    record.clear()
+                    line = rows.line_num + 1
+            except csv.Error as err:
+                return DataError(f"{path} line {line} is not valid CSV ({err}); check its quoting")
+    finally:
+        csv.field_size_limit(limit)
+    return DataError(f"{path} is not valid CSV ({_first_line(exc)}); check its quoting")
+
+
+def _collect(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    try:
+        return lf.collect()
+    except POLARS_ERRORS as exc:
+        raise _malformed(path, exc) from None
 
 
 def _check_columns(
@@ -61,27 +148,65 @@ def _check_columns(
         if col in found or key in optional:
             continue
         close = difflib.get_close_matches(col, found, n=1)
-        hint = f" (did you mean {close[0]!r}? set data.columns.{key}={close[0]})" if close else ""
+        if not close:
+            hint = ""
+        elif close[0].isprintable():
+            hint = f" (did you mean {close[0]!r}? set data.columns.{key}={close[0]})"
+        else:
+            hint = f" (did you mean {close[0]!r}? its name holds control characters; fix the header row)"
         raise DataError(
             f"{path}: column {col!r} (data.columns.{key}) is missing; found {found}{hint}"
         )
 
 
 def _scan(path: Path) -> pl.LazyFrame:
-    line = _first_non_utf8_line(path)
-    if line is not None:
-        raise DataError(
-            f"{path} line {line} is not UTF-8; re-encode the file as UTF-8 "
-            "(e.g. iconv -f GB18030 -t UTF-8)"
-        )
     return pl.scan_csv(path, infer_schema=False, quote_char='"')
 
 
+def _unify_timestamp_units(df: pl.DataFrame, path: Path, unit: str) -> tuple[pl.DataFrame, int]:
+    """Timestamps in one unit, and how many were converted.
+
+    Seconds and milliseconds mixed in one file would put every millisecond row after
+    every second row in time, silently corrupting time-ordered splits. ``auto`` keeps a
+    file in either unit as it is and refuses a mix; ``s`` / ``ms`` convert the rows in
+    the other unit.
+    """
+    is_ms = pl.col("timestamp") >= MS_THRESHOLD
+    n_ms = int(df.select(is_ms.sum()).item())
+    n_s = df.height - n_ms
+    if unit == "s":
+        return df.with_columns(
+            pl.when(is_ms)
+            .then(pl.col("timestamp") // 1000)
+            .otherwise(pl.col("timestamp"))
+            .alias("timestamp")
+        ), n_ms
+    if unit == "ms":
+        return df.with_columns(
+            pl.when(is_ms)
+            .then(pl.col("timestamp"))
+            .otherwise(pl.col("timestamp") * 1000)
+            .alias("timestamp")
+        ), n_s
+    if n_ms and n_s:
+        rows = df.with_row_index("row")
+        s_row = rows.filter(~is_ms).row(0, named=True)
+        ms_row = rows.filter(is_ms).row(0, named=True)
+        raise DataError(
+            f"{path} mixes timestamp units: line {s_row['row'] + 2} has {s_row['timestamp']} "
+            f"(seconds), line {ms_row['row'] + 2} has {ms_row['timestamp']} (milliseconds); "
+            "set data.timestamp_unit=s (or ms) to convert them all to one unit"
+        )
+    return df, 0
+
+
 def read_interactions(
-    root: Path, files: FilesConfig, cols: ColumnsConfig
+    root: Path, files: FilesConfig, cols: ColumnsConfig, timestamp_unit: str = "auto"
 ) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The interactions, with timestamps in one unit (see :func:`_unify_timestamp_units`)."""
     path = root / files.interactions
     _require_file(path, "interactions")
+    _check_encoding(path)
     wanted = {"user_id": cols.user_id, "item_id": cols.item_id, "timestamp": cols.timestamp}
     found = _header(path)
     _check_columns(path, found, wanted, optional=set())
@@ -90,7 +215,9 @@ def read_interactions(
         pl.col(cols.item_id).str.strip_chars().alias("item_id"),
         pl.col(cols.timestamp).str.strip_chars().alias("ts_raw"),
     )
-    df = lf.with_columns(pl.col("ts_raw").cast(pl.Int64, strict=False).alias("timestamp")).collect()
+    df = _collect(
+        lf.with_columns(pl.col("ts_raw").cast(pl.Int64, strict=False).alias("timestamp")), path
+    )
     if df.height == 0:
         raise DataError(f"{path} has a header but no rows; nothing to recommend from")
     bad = df.with_row_index("row").filter(
@@ -101,12 +228,19 @@ def read_interactions(
         line = first["row"] + 2
         if first["user_id"] is None or first["item_id"] is None:
             raise DataError(f"{path} line {line}: empty user or item id; every row needs both")
+        if first["ts_raw"] is None:
+            raise DataError(f"{path} line {line}: empty timestamp; every row needs one")
         raise DataError(
             f"{path} line {line}: timestamp {first['ts_raw']!r} is not an integer "
-            f"({bad.height} such rows); timestamps must be integer seconds"
+            f"({bad.height} such rows); timestamps must be integer seconds or milliseconds"
         )
-    counts = {"interactions_read": df.height, "extra_interaction_columns": len(found) - len(wanted)}
-    return df.drop("ts_raw"), counts
+    df, converted = _unify_timestamp_units(df.drop("ts_raw"), path, timestamp_unit)
+    counts = {
+        "interactions_read": df.height,
+        "extra_interaction_columns": len(found) - len(wanted),
+        "timestamps_converted": converted,
+    }
+    return df, counts
 
 
 def read_items(
@@ -114,6 +248,7 @@ def read_items(
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     path = root / files.items
     _require_file(path, "item information")
+    _check_encoding(path)
     found = _header(path)
     wanted = {
         "item_id": cols.item_id,
@@ -133,7 +268,7 @@ def read_items(
         (pl.col(cols.description).fill_null("") if has_desc else pl.lit("")).alias("description"),
     ]
     exprs += [pl.col(c).str.strip_chars().alias(f"raw_{c}") for c in cols.counts]
-    df = lf.select(exprs).collect()
+    df = _collect(lf.select(exprs), path)
     if df.height == 0:
         raise DataError(f"{path} has a header but no rows; every interacted item needs a row")
     missing_id = df.with_row_index("row").filter(
@@ -148,20 +283,30 @@ def read_items(
         )
     casts = [pl.col(f"raw_{c}").cast(pl.Float64, strict=False).alias(c) for c in cols.counts]
     df = df.with_columns(casts)
-    invalid = sum(
-        int(
-            df.filter(
-                pl.col(f"raw_{c}").is_not_null() & (pl.col(f"raw_{c}") != "") & pl.col(c).is_null()
-            ).height
+
+    def total(cond: Callable[[str], pl.Expr]) -> int:
+        return sum(int(df.select(cond(c).sum()).item()) for c in cols.counts)
+
+    invalid = total(
+        lambda c: (
+            pl.col(f"raw_{c}").is_not_null() & (pl.col(f"raw_{c}") != "") & pl.col(c).is_null()
         )
-        for c in cols.counts
     )
     missing = sum(int(df[c].null_count()) for c in cols.counts) - invalid
-    df = df.drop([f"raw_{c}" for c in cols.counts])
+    # inf, nan and negative counts would become infinite or undefined features for every
+    # item once standardised: they are treated as missing, and counted.
+    non_finite = total(lambda c: pl.col(c).is_not_null() & ~pl.col(c).is_finite())
+    negative = total(lambda c: pl.col(c).is_finite() & (pl.col(c) < 0))
+    df = df.with_columns(
+        pl.when(pl.col(c).is_finite() & (pl.col(c) >= 0)).then(pl.col(c)).alias(c)
+        for c in cols.counts
+    ).drop([f"raw_{c}" for c in cols.counts])
     counts = {
         "items_read": df.height,
         "missing_count_values": missing,
         "non_numeric_count_values": invalid,
+        "non_finite_count_values": non_finite,
+        "negative_count_values": negative,
         "description_column_absent": int(not has_desc),
     }
     return df, counts
@@ -181,10 +326,12 @@ def find_covers(root: Path, files: FilesConfig) -> dict[str, Path]:
     return out
 
 
-def read_pixelrec(root: str | Path, files: FilesConfig, cols: ColumnsConfig) -> RawData:
+def read_pixelrec(
+    root: str | Path, files: FilesConfig, cols: ColumnsConfig, timestamp_unit: str
+) -> RawData:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} not found; set data.root to a PixelRec-format directory")
-    inter, c1 = read_interactions(root, files, cols)
+    inter, c1 = read_interactions(root, files, cols, timestamp_unit)
     items, c2 = read_items(root, files, cols)
     return RawData(inter, items, find_covers(root, files), {**c1, **c2})

@@ -21,15 +21,27 @@ from multirec.data import covers as cov
 from multirec.data.config import DataConfig
 from multirec.data.dataset import MANIFEST, PreparedDataset
 from multirec.data.kcore import kcore_mask
-from multirec.data.pixelrec import RawData, read_pixelrec
+from multirec.data.pixelrec import TIMESTAMP_UNITS, RawData, read_pixelrec
 from multirec.data.side_info import encode_tags, standardise_counts
 from multirec.data.splits import DROPPED, TEST, TRAIN, VALID, split_labels
 from multirec.data.text import check_template, clean_text, render_text
 from multirec.errors import ConfigError, DataError
-from multirec.io import atomic_dir, atomic_write_json, file_digest, fingerprint
+from multirec.io import (
+    atomic_dir,
+    atomic_write_json,
+    exclusive_lock,
+    file_digest,
+    fingerprint,
+    os_errors,
+    sibling_lock,
+    sigterm_unwinds,
+)
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 1  # bump when the preparation logic changes what it writes
+PREP_VERSION = 2  # bump when the preparation logic changes what it writes
+READ_HINT = "make the raw data readable by this user or set data.root"
+WRITE_HINT = "choose a writable paths.prepared_dir"
+LOCK_TIMEOUT_S = 2 * 3600  # longest wait for another process preparing the same dataset
 
 
 def input_digest(cfg: DataConfig) -> dict:
@@ -43,7 +55,10 @@ def input_digest(cfg: DataConfig) -> dict:
     listing = []
     if covers.is_dir():
         for p in sorted(covers.iterdir()):
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError:  # a dangling symlink: a missing cover, counted as such later
+                st = p.lstat()
             listing.append((p.name, st.st_size, st.st_mtime_ns))
     digests["covers"] = fingerprint(listing)
     digests["root"] = str(root.resolve())
@@ -65,6 +80,10 @@ def validate_settings(cfg: DataConfig) -> None:
         raise ConfigError(f"data.duplicates={cfg.duplicates!r} is unknown; valid: drop, error")
     if cfg.kcore < 1:
         raise ConfigError(f"data.kcore={cfg.kcore} must be >= 1")
+    if cfg.timestamp_unit not in TIMESTAMP_UNITS:
+        raise ConfigError(
+            f"data.timestamp_unit={cfg.timestamp_unit!r} is unknown; valid: {', '.join(TIMESTAMP_UNITS)}"
+        )
     check_template(cfg.text.template)
 
 
@@ -81,8 +100,8 @@ def clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.Dat
     if dup.height and cfg.duplicates == "error":
         first = dup.row(0, named=True)
         raise DataError(
-            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']} and item "
-            f"{first['item_id']} appear together more than once; set data.duplicates=drop to keep the first"
+            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']!r} and item "
+            f"{first['item_id']!r} appear together more than once; set data.duplicates=drop to keep the first"
         )
     deduped = known.sort(["user_id", "timestamp", "item_id"]).unique(
         subset=["user_id", "item_id"], keep="first", maintain_order=True
@@ -129,16 +148,42 @@ def cover_counts(counts: Counter) -> dict[str, int]:
 
 
 def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) -> PreparedDataset:
-    """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result."""
+    """Prepare ``cfg``'s raw data under ``prepared_dir``; reuse an identical earlier result.
+
+    Processes preparing the same dataset at once (parallel sweep jobs on new data) take
+    turns through a lock: the first prepares, the others wait and reuse its result.
+    SIGTERM unwinds like Ctrl-C while this runs, so a stopped preparation leaves neither
+    a temporary folder nor cover-validation workers behind.
+    """
     validate_settings(cfg)
-    fp, inputs = dataset_fingerprint(cfg)
-    target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
-    if (target / MANIFEST).is_file():
-        ds = PreparedDataset.load(target)
-        if ds.fingerprint == fp:
-            log.info("prepared dataset up to date: %s", target)
-            return ds
-    raw = read_pixelrec(cfg.root, cfg.files, cfg.columns)
+    with sigterm_unwinds():
+        with os_errors("read", READ_HINT):
+            fp, inputs = dataset_fingerprint(cfg)
+        target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
+        earlier = _prepared(target, fp)
+        if earlier is not None:
+            return earlier
+        with os_errors("write", WRITE_HINT):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(sibling_lock(target), LOCK_TIMEOUT_S, f"preparing {target}"):
+            return _prepared(target, fp) or _prepare(cfg, target, fp, inputs, progress)
+
+
+def _prepared(target: Path, fp: str) -> PreparedDataset | None:
+    """The finished dataset at ``target`` when it is the one of fingerprint ``fp``."""
+    with os_errors("read", WRITE_HINT):
+        earlier = PreparedDataset.load(target) if (target / MANIFEST).is_file() else None
+    if earlier is None or earlier.fingerprint != fp:
+        return None
+    log.info("prepared dataset up to date: %s", target)
+    return earlier
+
+
+def _prepare(
+    cfg: DataConfig, target: Path, fp: str, inputs: dict, progress: bool
+) -> PreparedDataset:
+    with os_errors("read", READ_HINT):
+        raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
     counts: Counter = Counter(raw.counts)
     inter = clean_interactions(raw, cfg, counts)
 
@@ -220,7 +265,7 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
         "split_sizes": split_sizes,
         "counts": dict(sorted(counts.items())),
     }
-    with atomic_dir(target) as tmp:
+    with os_errors("write", WRITE_HINT), atomic_dir(target) as tmp:
         users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(
             tmp / "users.parquet"
         )

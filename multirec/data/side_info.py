@@ -6,6 +6,8 @@ held-out data into the features; both are fitted on the training split.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 RARE_TAG = 0  # shared id for rare, empty and unseen-in-training tags
@@ -32,14 +34,19 @@ def encode_tags(
 def standardise_counts(counts: np.ndarray, train_items: np.ndarray) -> tuple[np.ndarray, dict]:
     """log1p + z-score each count column with training statistics; missing -> mean (0).
 
+    Values that are not a count (nan, inf, negative) are missing too: a single inf would
+    otherwise make the column's mean infinite and every item's feature undefined.
     Returns the features and the statistics (saved in the manifest for reuse).
     """
     if counts.shape[1] == 0:  # data without count columns (data.columns.counts=[])
         return np.zeros(counts.shape, dtype=np.float32), {"mean": [], "std": []}
-    x = np.log1p(np.clip(counts.astype(np.float64), 0, None))
+    counts = counts.astype(np.float64)
+    x = np.log1p(np.where(np.isfinite(counts) & (counts >= 0), counts, np.nan))
     train = x[train_items]
-    mean = np.nanmean(train, axis=0) if len(train) else np.zeros(x.shape[1])
-    std = np.nanstd(train, axis=0) if len(train) else np.ones(x.shape[1])
+    with warnings.catch_warnings():  # a column with no value in training: nan, made 0 / 1 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(train, axis=0) if len(train) else np.zeros(x.shape[1])
+        std = np.nanstd(train, axis=0) if len(train) else np.ones(x.shape[1])
     mean = np.nan_to_num(mean)
     std = np.where(np.nan_to_num(std) > 1e-8, np.nan_to_num(std), 1.0)
     z = (x - mean) / std

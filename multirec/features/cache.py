@@ -8,9 +8,10 @@ its attributes::
                                           zeros where the item has no usable input
     valid      bool   [n_items]          the item's cover/text could be encoded
     status     uint8  [n_items]          why not: see STATUS
+    checksums  uint32 [n_chunks]         CRC-32 of each chunk's features, status and valid
     attrs      format_version, dataset_fingerprint, encoder_fingerprint, encoder (JSON
-               identity), model, modality, dim, dtype, n_items, status_counts, library
-               versions, preprocessing, device, created_at, finished_at, elapsed_s,
+               identity), model, modality, dim, dtype, n_items, chunk_rows, status_counts,
+               library versions, preprocessing, device, created_at, finished_at, elapsed_s,
                rows_done (progress), complete
 
 Crash safety. A cache is built under ``<name>.partial``; rows are written in chunks, and
@@ -19,6 +20,10 @@ run killed at any moment resumes from the last flushed chunk. Space is allocated
 file is created, so a chunk write touches raw data only, never HDF5's structure. Only a
 complete file is renamed to the final name (after fsync): a file under the final name is
 finished, and its ``complete`` attribute says so again.
+
+Integrity. Each chunk's checksum is computed from the rows in memory as they are written
+and checked whenever a cache is opened for use, so bytes changed on disk afterwards (a
+failing disk, a bad copy, an edit) are reported instead of silently becoming features.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import errno
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +41,12 @@ import numpy as np
 
 from multirec.errors import ArtefactMismatchError, DataError, MultirecError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATUS = ("ok", "missing_cover", "undecodable_cover", "empty_text")
 OK, MISSING, UNDECODABLE, EMPTY_TEXT = range(len(STATUS))
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
-DATASETS = ("item_idx", "features", "valid", "status")
 JSON_ATTRS = ("encoder", "status_counts", "versions", "preprocessing", "row_range")
-REBUILD_HINT = "rerun `python -m multirec.extract` with rebuild=true to rebuild it"
+REBUILD_HINT = "rerun `python -m multirec.extract` with rebuild=true (or delete the file)"
 
 
 class CorruptCacheError(DataError):
@@ -51,6 +56,11 @@ class CorruptCacheError(DataError):
 def cache_file(cache_dir: Path, modality: str, name: str, dataset_fp: str, encoder_fp: str) -> Path:
     """Where the cache of (dataset, encoder) lives; both fingerprints are in the name."""
     return Path(cache_dir) / f"{modality}-{name}-{dataset_fp[:12]}-{encoder_fp[:12]}.h5"
+
+
+def lock_file(final: Path) -> Path:
+    """The lock a process holds while it builds the cache ``final``."""
+    return final.with_name(final.name + ".lock")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -100,12 +110,14 @@ def check_structure(f: h5py.File, path: Path) -> dict:
     """Attributes of ``f`` after checking that it has a cache's datasets and shapes."""
     try:
         attrs = read_attrs(f)
-        n, dim = len(f["item_idx"]), int(attrs["dim"])
+        n, dim, chunk_rows = len(f["item_idx"]), int(attrs["dim"]), int(attrs["chunk_rows"])
         shapes_ok = (
-            f["features"].shape == (n, dim)
+            attrs["format_version"] == FORMAT_VERSION
+            and f["features"].shape == (n, dim)
             and f["valid"].shape == (n,)
             and f["status"].shape == (n,)
-            and attrs["format_version"] == FORMAT_VERSION
+            and chunk_rows > 0
+            and f["checksums"].shape == (-(-n // chunk_rows),)
         )
     except (KeyError, ValueError, TypeError, OSError) as exc:
         raise CorruptCacheError(
@@ -118,10 +130,46 @@ def check_structure(f: h5py.File, path: Path) -> dict:
     return attrs
 
 
+def block_checksum(features: np.ndarray, status: np.ndarray, valid: np.ndarray) -> int:
+    """CRC-32 of a block of rows as stored (features in the stored dtype)."""
+    crc = 0
+    for part in (features, status, valid):
+        crc = zlib.crc32(np.ascontiguousarray(part), crc)
+    return crc
+
+
+def verify_checksums(f: h5py.File, path: Path, arrays: dict | None = None) -> None:
+    """Check every written chunk of ``f`` against its stored checksum.
+
+    ``arrays`` may hold ``features``, ``status`` and ``valid`` already read whole, so
+    the data checked is the very data handed on; the rest is read chunk by chunk.
+    """
+    try:
+        attrs = read_attrs(f)
+        chunk, done = int(attrs["chunk_rows"]), int(attrs["rows_done"])
+        start = int(attrs["row_range"][0])
+        sums = f["checksums"][()]
+        src = {name: f[name] for name in ("features", "status", "valid")} | (arrays or {})
+        for i, a in enumerate(range(0, done, chunk)):
+            b = min(a + chunk, done)
+            rows = (src["features"][a:b], src["status"][a:b], src["valid"][a:b])
+            if block_checksum(*rows) != sums[i]:
+                raise CorruptCacheError(
+                    f"{path}: the features of items {start + a}..{start + b - 1} do not match "
+                    f"their checksum, so the file changed after it was written; {REBUILD_HINT}"
+                )
+    except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
+        raise CorruptCacheError(
+            f"{path} is not a readable feature cache ({_first_line(exc)}); {REBUILD_HINT}"
+        ) from None
+
+
 def check_finished(path: Path, dataset_fp: str, encoder_fp: str, n_items: int) -> dict:
-    """Attributes of the finished cache at ``path``; raise if it is not the one asked for."""
+    """Attributes of the finished cache at ``path``; raise if it is not the one asked for
+    or if its contents changed since it was written."""
     with open_h5(path) as f:
         attrs = check_structure(f, path)
+        verify_checksums(f, path)
     if not attrs.get("complete"):
         raise CorruptCacheError(
             f"{path} is marked unfinished but has a finished cache's name; {REBUILD_HINT}"
@@ -171,6 +219,7 @@ class ShardWriter:
         self.path = path
         self.f = f
         self.start, self.stop = (int(x) for x in json.loads(f.attrs["row_range"]))
+        self.chunk_rows = int(f.attrs["chunk_rows"])
         self.dtype = f["features"].dtype
 
     @property
@@ -224,6 +273,7 @@ class ShardWriter:
                 ("features", (n, dim), STORAGE_DTYPES[dtype]),
                 ("valid", (n,), np.bool_),
                 ("status", (n,), np.uint8),
+                ("checksums", (-(-n // attrs["chunk_rows"]),), np.uint32),
             ):
                 # Contiguous and allocated now: chunk writes later touch raw bytes only.
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -248,11 +298,15 @@ class ShardWriter:
     def commit(
         self, row0: int, features: np.ndarray, status: np.ndarray, slot: str = "encoder"
     ) -> None:
-        """Write the next block of rows (``row0`` is a global item index) and record it."""
+        """Write the next chunk of rows (``row0`` is a global item index) and record it."""
         a = row0 - self.start
         if a != self.rows_done:
             raise RuntimeError(
                 f"{self.path}: block at row {row0} does not follow row {self.start + self.rows_done}"
+            )
+        if len(features) != min(self.chunk_rows, self.stop - row0):
+            raise RuntimeError(
+                f"{self.path}: block at row {row0} has {len(features)} rows, not one chunk"
             )
         with np.errstate(over="ignore"):
             stored = features.astype(self.dtype, copy=False)
@@ -262,9 +316,12 @@ class ShardWriter:
                 f"(overflow or a broken model); set {slot}.dtype=float32 or check the weights"
             )
         b = a + len(features)
+        status = np.asarray(status, dtype=np.uint8)
+        valid = status == OK
         self.f["features"][a:b] = stored
         self.f["status"][a:b] = status
-        self.f["valid"][a:b] = status == OK
+        self.f["valid"][a:b] = valid
+        self.f["checksums"][a // self.chunk_rows] = block_checksum(stored, status, valid)
         self.f.attrs.modify("rows_done", np.int64(b))
         self.f.flush()
 
@@ -313,7 +370,8 @@ def load_features(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         features = np.empty(dset.shape, dtype=dset.dtype)
         if features.size:
             dset.read_direct(features)
-        valid = f["valid"][()]
+        valid, status = f["valid"][()], f["status"][()]
+        verify_checksums(f, path, {"features": features, "status": status, "valid": valid})
     return features, valid, attrs
 
 
@@ -340,6 +398,7 @@ class FeatureReader:
                 )
             self.offset, self.shape, self.dtype = int(offset), dset.shape, dset.dtype
             self.valid = f["valid"][()]
+            verify_checksums(f, self.path, {"valid": self.valid})
         self.attrs = attrs
         self._map: np.memmap | None = None
         self._pid = -1

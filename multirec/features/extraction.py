@@ -2,7 +2,8 @@
 
 :func:`ensure_cache` is what training and ``python -m multirec.extract`` call: it returns
 the cache of (dataset, encoder), reusing a finished one ("cache hit"), resuming an
-unfinished one, or building it.
+unfinished one, or building it. A build holds a lock beside the cache, so processes that
+need the same missing cache at once (parallel sweep jobs) wait for one build and reuse it.
 
 The work is planned in chunks of ``chunk_rows`` consecutive items. Each chunk is cut
 into batches (text sorted by length inside the chunk, so padding stays small); DataLoader
@@ -45,14 +46,17 @@ from multirec.features.cache import (
     ShardWriter,
     cache_file,
     check_finished,
+    lock_file,
     open_h5,
+    verify_checksums,
 )
 from multirec.features.encoders.base import Encoder, Preprocessing
-from multirec.io import fingerprint
+from multirec.io import exclusive_lock, fingerprint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_CHUNK_ROWS = 1024
+DEFAULT_LOCK_TIMEOUT_S = 2 * 3600  # longest wait for another process's build of the same cache
 VERSIONED = (
     "torch",
     "torchvision",
@@ -262,13 +266,16 @@ def ensure_cache(
     progress: bool = True,
     rebuild: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> Path | None:
     """Path of the finished feature cache of (``dataset``, encoder); build it if needed.
 
     Returns None when ``encoder_cfg`` is the ``none`` choice. A finished cache with the
     same fingerprints is reused (logged as ``cache hit``); an unfinished one resumes; a
     corrupt file, or one under this name built from other inputs, is refused unless
-    ``rebuild``. Under torch.distributed every rank must call this; items are sharded.
+    ``rebuild``. While another process builds the same cache this one waits for it (at
+    most ``lock_timeout_s``) and reuses its result. Under torch.distributed every rank
+    must call this; items are sharded, and rank 0 holds the lock for all of them.
     """
     encoder = instantiate_encoder(encoder_cfg)
     if encoder is None:
@@ -279,21 +286,50 @@ def ensure_cache(
         Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp
     )
     rank, world = _rank_world()
-    if _on_rank0(lambda: _reusable(final, dataset, encoder_fp, rebuild), rank, world):
-        log.info("cache hit: %s", final)
-        return final
-    _build(
-        dataset,
-        encoder,
-        identity,
-        encoder_fp,
-        final,
-        resolve_device(device),
-        num_workers,
-        progress,
-        chunk_rows,
-    )
+    with contextlib.ExitStack() as held:
+        hit = _on_rank0(
+            lambda: _claim(final, dataset, encoder_fp, rebuild, lock_timeout_s, held), rank, world
+        )
+        if hit:
+            log.info("cache hit: %s", final)
+            return final
+        _build(
+            dataset,
+            encoder,
+            identity,
+            encoder_fp,
+            final,
+            resolve_device(device),
+            num_workers,
+            progress,
+            chunk_rows,
+        )
     return final
+
+
+def _claim(
+    final: Path,
+    dataset: PreparedDataset,
+    encoder_fp: str,
+    rebuild: bool,
+    lock_timeout_s: float,
+    held: contextlib.ExitStack,
+) -> bool:
+    """True when a finished cache can be reused; otherwise enter the build lock into ``held``.
+
+    A good cache is reused without the lock. Everything else -- building, deleting a bad
+    file on ``rebuild`` -- happens under it, after looking again: the process that held
+    it may just have finished the very cache this one needs.
+    """
+    try:
+        if _reusable(final, dataset, encoder_fp, rebuild=False):
+            return True
+    except (CorruptCacheError, ArtefactMismatchError):
+        if not rebuild:
+            raise
+    _check_writable(final.parent)
+    held.enter_context(exclusive_lock(lock_file(final), lock_timeout_s, f"building {final}"))
+    return _reusable(final, dataset, encoder_fp, rebuild)
 
 
 def _reusable(final: Path, dataset: PreparedDataset, encoder_fp: str, rebuild: bool) -> bool:
@@ -372,7 +408,6 @@ def _build(
     n = dataset.n_items
     mine = shard_chunks(n, chunk_rows, rank, world)
     partial = shard_path(final, rank, world)
-    _check_writable(final.parent)
 
     pre = encoder.preprocessing()
     net = encoder.network().to(dev)
@@ -541,6 +576,7 @@ def _merge(
             if not chunks:
                 continue
             with open_h5(shard_path(final, r, world)) as f:
+                verify_checksums(f, shard_path(final, r, world))
                 for a, b in chunks:
                     if a >= merged.rows_done:
                         start = chunks[0][0]
