@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -44,6 +45,7 @@ PREP_VERSION = 2  # bump when the preparation logic changes what it writes
 READ_HINT = "make the raw data readable by this user or set data.root"
 WRITE_HINT = "choose a writable paths.prepared_dir"
 LOCK_TIMEOUT_S = 2 * 3600  # longest wait for another process preparing the same dataset
+SPLITS = (("train", TRAIN), ("valid", VALID), ("test", TEST))
 
 
 def _listing(folder: Path) -> list[tuple[str, int, int]]:
@@ -190,22 +192,56 @@ def _prepare(
         raw = reader.read(Path(cfg.root))
     counts: Counter = Counter(raw.counts)
     inter = clean_interactions(raw, cfg, counts)
-
     items = _item_table(raw, cfg, inter["item_id"].unique(), counts, progress)
     counts["items_without_interactions"] = raw.items.height - items.height
     if cfg.covers.policy == "drop":
-        bad = items.filter(~pl.col("cover_ok"))
-        counts["items_dropped_invalid_cover"] = bad.height
-        before = inter.height
-        inter = inter.join(bad.select("item_id"), on="item_id", how="anti")
-        counts["interactions_dropped_invalid_cover"] = before - inter.height
-        if inter.height == 0:
-            raise DataError(
-                f"no item of {cfg.root} has a usable cover in {raw.sources.covers} "
-                f"({cover_counts(counts)}); check the covers or set data.covers.policy=keep"
-            )
+        inter = _drop_invalid_covers(cfg, raw, inter, items, counts)
+    inter = _kcore(cfg, inter, counts)
+    users, items, inter = _index(inter, items)
+    inter = _split(cfg, inter, counts)
+    train_items = inter.filter(pl.col("split") == TRAIN)["item_idx"].to_numpy().astype(np.int64)
+    items, vocab, stats = _item_features(cfg, raw, items, train_items, counts)
+    manifest = {
+        "fingerprint": fp,
+        "name": cfg.name,
+        "multirec_version": multirec.__version__,
+        "prep_version": PREP_VERSION,
+        "settings": asdict(cfg),
+        "inputs": inputs,
+        "n_users": users.height,
+        "n_items": items.height,
+        "n_tags": len(vocab),
+        "tag_vocab": vocab,
+        "numeric_columns": list(raw.count_columns),
+        "numeric_stats": stats,
+        "split_sizes": {
+            name: inter.filter(pl.col("split") == code).height for name, code in SPLITS
+        },
+        "counts": dict(sorted(counts.items())),
+    }
+    _write(target, users, items, inter, manifest)
+    log.info("prepared dataset written: %s", target)
+    return PreparedDataset.load(target)
 
-    # k-core on integer codes
+
+def _drop_invalid_covers(
+    cfg: DataConfig, raw: RawData, inter: pl.DataFrame, items: pl.DataFrame, counts: Counter
+) -> pl.DataFrame:
+    """``inter`` without the items whose cover is missing or unusable (the paper's policy)."""
+    bad = items.filter(~pl.col("cover_ok"))
+    counts["items_dropped_invalid_cover"] = bad.height
+    kept = inter.join(bad.select("item_id"), on="item_id", how="anti")
+    counts["interactions_dropped_invalid_cover"] = inter.height - kept.height
+    if kept.height == 0:
+        raise DataError(
+            f"no item of {cfg.root} has a usable cover in {raw.sources.covers} "
+            f"({cover_counts(counts)}); check the covers or set data.covers.policy=keep"
+        )
+    return kept
+
+
+def _kcore(cfg: DataConfig, inter: pl.DataFrame, counts: Counter) -> pl.DataFrame:
+    """The iterated k-core of ``inter``, computed on integer codes."""
     ucodes = inter["user_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     icodes = inter["item_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     keep, rounds = kcore_mask(ucodes, icodes, cfg.kcore)
@@ -217,7 +253,13 @@ def _prepare(
             f"the {cfg.kcore}-core filter removed every interaction of {cfg.root}; "
             "lower data.kcore or use more data"
         )
+    return inter
 
+
+def _index(
+    inter: pl.DataFrame, items: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Users, items and interactions with dense indices in id order, the models' rows."""
     users = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_row_index("user_idx")
     items = items.join(inter.select("item_id").unique(), on="item_id", how="semi").sort("item_id")
     items = items.with_row_index("item_idx")
@@ -227,14 +269,24 @@ def _prepare(
         .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "timestamp")
         .sort(["user_idx", "timestamp", "item_idx"])
     )
+    return users, items, inter
+
+
+def _split(cfg: DataConfig, inter: pl.DataFrame, counts: Counter) -> pl.DataFrame:
+    """``inter`` with each interaction's split label."""
     u = inter["user_idx"].to_numpy().astype(np.int64)
     labels = split_labels(
         u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed
     )
     counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
-    inter = inter.with_columns(pl.Series("split", labels))
-    train_items = inter.filter(pl.col("split") == TRAIN)["item_idx"].to_numpy().astype(np.int64)
+    return inter.with_columns(pl.Series("split", labels))
 
+
+def _item_features(
+    cfg: DataConfig, raw: RawData, items: pl.DataFrame, train_items: np.ndarray, counts: Counter
+) -> tuple[pl.DataFrame, list[str], dict[str, Any]]:
+    """The item table as written, with tag ids and standardised counts fitted on training
+    interactions only; also the tag vocabulary and the count statistics."""
     tag_idx, vocab = encode_tags(items["tag"].to_list(), train_items, cfg.tags.min_count)
     numeric, stats = standardise_counts(items.select(raw.count_columns).to_numpy(), train_items)
     counts["items_cold_in_train"] = int(items.height - np.unique(train_items).size)
@@ -249,35 +301,24 @@ def _prepare(
         "cover_ok",
         *[pl.Series(f"num_{c}", numeric[:, j]) for j, c in enumerate(raw.count_columns)],
     )
-    split_sizes = {
-        name: int((labels == code).sum())
-        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
-    }
-    manifest = {
-        "fingerprint": fp,
-        "name": cfg.name,
-        "multirec_version": multirec.__version__,
-        "prep_version": PREP_VERSION,
-        "settings": asdict(cfg),
-        "inputs": inputs,
-        "n_users": users.height,
-        "n_items": items.height,
-        "n_tags": len(vocab),
-        "tag_vocab": vocab,
-        "numeric_columns": list(raw.count_columns),
-        "numeric_stats": stats,
-        "split_sizes": split_sizes,
-        "counts": dict(sorted(counts.items())),
-    }
+    return items, vocab, stats
+
+
+def _write(
+    target: Path,
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    inter: pl.DataFrame,
+    manifest: dict[str, Any],
+) -> None:
+    """The prepared files, appearing at ``target`` all at once; the manifest goes last."""
     with os_errors("write", WRITE_HINT), atomic_dir(target) as tmp:
         users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(
             tmp / "users.parquet"
         )
         items.write_parquet(tmp / "items.parquet")
-        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        for name, code in SPLITS:
             inter.filter(pl.col("split") == code).drop("split").write_parquet(
                 tmp / f"{name}.parquet"
             )
         atomic_write_json(tmp / MANIFEST, manifest)
-    log.info("prepared dataset written: %s", target)
-    return PreparedDataset.load(target)
