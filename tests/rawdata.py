@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from multirec.data.config import COUNT_COLUMNS
+from multirec.data.pixelrec import COUNT_COLUMNS
 
 
 def jpeg_bytes(seed: int, size: int = 48, mode: str = "RGB") -> bytes:

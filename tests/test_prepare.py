@@ -28,8 +28,10 @@ from tests.rawdata import jpeg_bytes, write_raw
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cfg_for(root: Path, **kw) -> DataConfig:
+def cfg_for(root: Path, reader: dict | None = None, **kw) -> DataConfig:
+    """A config for ``root``: ``reader`` updates the PixelRec reader's settings, ``kw`` the rest."""
     cfg = DataConfig(name="t", root=str(root))
+    cfg.reader.update(reader or {})
     cfg.covers.min_side = 16
     cfg.covers.workers = 1
     cfg.tags.min_count = 1
@@ -38,8 +40,8 @@ def cfg_for(root: Path, **kw) -> DataConfig:
     return cfg
 
 
-def run(root: Path, tmp: Path, **kw) -> PreparedDataset:
-    return prepare(cfg_for(root, **kw), tmp / "prepared", progress=False)
+def run(root: Path, tmp: Path, reader: dict | None = None, **kw) -> PreparedDataset:
+    return prepare(cfg_for(root, reader, **kw), tmp / "prepared", progress=False)
 
 
 @pytest.fixture
@@ -168,7 +170,7 @@ def test_header_only_file(raw, tmp_path):
 def test_renamed_column_named_with_hint(raw, tmp_path):
     p = raw / "interactions.csv"
     p.write_text(p.read_text().replace("user_id", "userid", 1))
-    with pytest.raises(DataError, match=r"'user_id'.*data.columns.user_id=userid"):
+    with pytest.raises(DataError, match=r"'user_id'.*data.reader.columns.user_id=userid"):
         run(raw, tmp_path)
 
 
@@ -284,8 +286,9 @@ def test_decompression_bomb_refused(raw, tmp_path):
 def test_foreign_output_directory_refused(raw, tmp_path):
     cfg = cfg_for(raw)
     from multirec.data.prepare import dataset_fingerprint
+    from multirec.data.readers import build_reader
 
-    fp, _ = dataset_fingerprint(cfg)
+    fp, _ = dataset_fingerprint(cfg, build_reader(cfg.reader))
     target = tmp_path / "prepared" / f"t-{fp[:12]}"
     target.mkdir(parents=True)
     (target / "precious.txt").write_text("mine")
@@ -313,7 +316,7 @@ def test_manifest_is_json_with_counts(raw, tmp_path):
 
 def test_data_without_count_columns(raw, tmp_path):
     cfg = cfg_for(raw)
-    cfg.columns.counts = []
+    cfg.reader["columns"]["counts"] = []
     ds = prepare(cfg, tmp_path / "p", progress=False)
     assert ds.numeric_features().shape == (ds.n_items, 0)
 
@@ -349,15 +352,15 @@ def test_mixed_timestamp_units_refused_or_converted(raw, tmp_path):
         run(raw, tmp_path)
     msg = str(err.value)
     assert "interactions.csv mixes timestamp units: line 2 has 1600000000 (seconds)" in msg
-    assert "line 3 has" in msg and "data.timestamp_unit=s" in msg and "\n" not in msg
-    seconds = run(raw, tmp_path, timestamp_unit="s")
+    assert "line 3 has" in msg and "data.reader.timestamp_unit=s" in msg and "\n" not in msg
+    seconds = run(raw, tmp_path, {"timestamp_unit": "s"})
     assert seconds.manifest["counts"]["timestamps_converted"] == 96
     assert all_interactions(seconds)["timestamp"].max() < 10**11
-    millis = run(raw, tmp_path, timestamp_unit="ms")
+    millis = run(raw, tmp_path, {"timestamp_unit": "ms"})
     assert millis.manifest["counts"]["timestamps_converted"] == 96
     assert all_interactions(millis)["timestamp"].min() >= 10**11
     with pytest.raises(ConfigError, match="timestamp_unit='hours' is unknown"):
-        run(raw, tmp_path, timestamp_unit="hours")
+        run(raw, tmp_path, {"timestamp_unit": "hours"})
 
 
 def test_one_unit_throughout_is_kept_as_it_is(raw, tmp_path):

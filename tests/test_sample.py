@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from multirec.data.config import COUNT_COLUMNS
 from multirec.data.kcore import kcore_mask
+from multirec.data.pixelrec import COUNT_COLUMNS
 from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, rendering
 from multirec.errors import ConfigError, MultirecError
 

@@ -19,8 +19,9 @@ from multirec.bench.common import in_subprocess, peak_rss_mib, timed, write
 from multirec.data.config import DataConfig
 from multirec.data.covers import check_covers
 from multirec.data.kcore import kcore_mask
-from multirec.data.pixelrec import RawData, read_interactions, read_items
+from multirec.data.pixelrec import PixelRecReader, read_interactions, read_items
 from multirec.data.prepare import clean_interactions
+from multirec.data.readers import RawData
 from multirec.data.splits import split_labels
 
 SAMPLE = Path("outputs/data/sample_pixelrec50k")
@@ -30,9 +31,10 @@ def tables(root: str) -> dict:
     """Read + clean + k-core + split without touching images; prints JSON."""
     cfg = DataConfig(name="bench", root=root)
     r = Path(root)
-    (inter, _), t_read_i = timed(lambda: read_interactions(r, cfg.files, cfg.columns))
-    (items, _), t_read_it = timed(lambda: read_items(r, cfg.files, cfg.columns))
-    raw = RawData(inter, items, {})
+    reader = PixelRecReader()
+    (inter, _), t_read_i = timed(lambda: read_interactions(r, reader.files, reader.columns))
+    (items, _), t_read_it = timed(lambda: read_items(r, reader.files, reader.columns))
+    raw = RawData(inter, items, {}, reader.columns.counts, reader.sources(r))
     clean, t_clean = timed(lambda: clean_interactions(raw, cfg, Counter()))
     u = clean["user_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     i = clean["item_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)

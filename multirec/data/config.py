@@ -5,33 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-COUNT_COLUMNS = [
-    "view_number",
-    "comment_number",
-    "thumbup_number",
-    "share_number",
-    "coin_number",
-    "favorite_number",
-    "barrage_number",
-]
-
-
-@dataclass
-class FilesConfig:
-    interactions: str = "interactions.csv"
-    items: str = "item_info.csv"
-    covers: str = "covers"
-
-
-@dataclass
-class ColumnsConfig:
-    item_id: str = "item_id"
-    user_id: str = "user_id"
-    timestamp: str = "timestamp"
-    title: str = "title"
-    tag: str = "tag"
-    description: str = "description"
-    counts: list[str] = field(default_factory=lambda: list(COUNT_COLUMNS))
+from multirec.data.pixelrec import pixelrec_node
 
 
 @dataclass
@@ -66,12 +40,16 @@ class DataConfig:
     name: str = "pixelrec"
     root: str = "???"
     sample: Any = None  # generator kwargs (size, seed, ...) when the data is a synthetic sample
-    files: FilesConfig = field(default_factory=FilesConfig)
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    timestamp_unit: str = "auto"  # auto (one unit, mixed refused) | s | ms (convert to it)
+    # The raw format's reader, a _target_ node (see readers.py); None means PixelRec's.
+    # A default node here would be merged key by key into another reader's node.
+    reader: dict[str, Any] | None = None
     duplicates: str = "drop"
     text: TextConfig = field(default_factory=TextConfig)
     covers: CoversConfig = field(default_factory=CoversConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
     kcore: int = 5
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        if self.reader is None:
+            self.reader = pixelrec_node()

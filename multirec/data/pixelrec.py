@@ -1,4 +1,4 @@
-"""Read a PixelRec-format directory with polars, validating it as it goes.
+"""The PixelRec reader: a directory of two CSVs and a covers folder, read with polars.
 
 Every problem in the raw files becomes either a one-line :class:`DataError` naming the
 file, row (1-based line number, header = line 1) or column and the fix, or a documented
@@ -11,13 +11,16 @@ import csv
 import difflib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+from omegaconf import DictConfig
 
-from multirec.data.config import ColumnsConfig, FilesConfig
-from multirec.errors import DataError
+from multirec.config import to_schema
+from multirec.data.readers import RawData, Reader, Sources
+from multirec.errors import ConfigError, DataError
 
 COVER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 TIMESTAMP_UNITS = ("auto", "s", "ms")
@@ -32,21 +35,42 @@ BOMS = (
     (b"\xfe\xff", "UTF-16"),
 )
 POLARS_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException)
+COUNT_COLUMNS = [
+    "view_number",
+    "comment_number",
+    "thumbup_number",
+    "share_number",
+    "coin_number",
+    "favorite_number",
+    "barrage_number",
+]
 
 
 @dataclass
-class RawData:
-    """Validated raw tables: ids are strings, timestamps int64."""
+class PixelRecFiles:
+    """File and folder names under ``data.root`` (``data.reader.files``)."""
 
-    interactions: pl.DataFrame  # user_id, item_id, timestamp
-    items: pl.DataFrame  # item_id, title, tag, description, <count columns (float, null = missing)>
-    cover_files: dict[str, Path]  # item_id -> cover path for every cover found
-    counts: dict[str, int] = field(default_factory=dict)  # repairs, for the manifest
+    interactions: str = "interactions.csv"
+    items: str = "item_info.csv"
+    covers: str = "covers"
+
+
+@dataclass
+class PixelRecColumns:
+    """Column names in the two CSVs (``data.reader.columns``)."""
+
+    item_id: str = "item_id"
+    user_id: str = "user_id"
+    timestamp: str = "timestamp"
+    title: str = "title"
+    tag: str = "tag"
+    description: str = "description"
+    counts: list[str] = field(default_factory=lambda: list(COUNT_COLUMNS))
 
 
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
-        raise DataError(f"{path} not found ({what}); check data.root and data.files.*")
+        raise DataError(f"{path} not found ({what}); check data.root and data.reader.files.*")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; expected a CSV with a header row and data")
 
@@ -151,11 +175,11 @@ def _check_columns(
         if not close:
             hint = ""
         elif close[0].isprintable():
-            hint = f" (did you mean {close[0]!r}? set data.columns.{key}={close[0]})"
+            hint = f" (did you mean {close[0]!r}? set data.reader.columns.{key}={close[0]})"
         else:
             hint = f" (did you mean {close[0]!r}? its name holds control characters; fix the header row)"
         raise DataError(
-            f"{path}: column {col!r} (data.columns.{key}) is missing; found {found}{hint}"
+            f"{path}: column {col!r} (data.reader.columns.{key}) is missing; found {found}{hint}"
         )
 
 
@@ -195,13 +219,13 @@ def _unify_timestamp_units(df: pl.DataFrame, path: Path, unit: str) -> tuple[pl.
         raise DataError(
             f"{path} mixes timestamp units: line {s_row['row'] + 2} has {s_row['timestamp']} "
             f"(seconds), line {ms_row['row'] + 2} has {ms_row['timestamp']} (milliseconds); "
-            "set data.timestamp_unit=s (or ms) to convert them all to one unit"
+            "set data.reader.timestamp_unit=s (or ms) to convert them all to one unit"
         )
     return df, 0
 
 
 def read_interactions(
-    root: Path, files: FilesConfig, cols: ColumnsConfig, timestamp_unit: str = "auto"
+    root: Path, files: PixelRecFiles, cols: PixelRecColumns, timestamp_unit: str = "auto"
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """The interactions, with timestamps in one unit (see :func:`_unify_timestamp_units`)."""
     path = root / files.interactions
@@ -244,7 +268,7 @@ def read_interactions(
 
 
 def read_items(
-    root: Path, files: FilesConfig, cols: ColumnsConfig
+    root: Path, files: PixelRecFiles, cols: PixelRecColumns
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     path = root / files.items
     _require_file(path, "item information")
@@ -312,12 +336,12 @@ def read_items(
     return df, counts
 
 
-def find_covers(root: Path, files: FilesConfig) -> dict[str, Path]:
+def find_covers(root: Path, files: PixelRecFiles) -> dict[str, Path]:
     """Map item id -> cover file, listing the covers directory once."""
     covers = root / files.covers
     if not covers.is_dir():
         raise DataError(
-            f"{covers} not found (covers directory); check data.root and data.files.covers"
+            f"{covers} not found (covers directory); check data.root and data.reader.files.covers"
         )
     out: dict[str, Path] = {}
     for p in sorted(covers.iterdir()):
@@ -326,12 +350,60 @@ def find_covers(root: Path, files: FilesConfig) -> dict[str, Path]:
     return out
 
 
-def read_pixelrec(
-    root: str | Path, files: FilesConfig, cols: ColumnsConfig, timestamp_unit: str
-) -> RawData:
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} not found; set data.root to a PixelRec-format directory")
-    inter, c1 = read_interactions(root, files, cols, timestamp_unit)
-    items, c2 = read_items(root, files, cols)
-    return RawData(inter, items, find_covers(root, files), {**c1, **c2})
+def pixelrec_node() -> dict[str, Any]:
+    """The ``data.reader`` node of PixelRec with every setting at its default, spelled out
+    as ``conf/data/pixelrec.yaml`` does so that both give a dataset one fingerprint."""
+    return {
+        "_target_": f"{__name__}.PixelRecReader",
+        "files": asdict(PixelRecFiles()),
+        "columns": asdict(PixelRecColumns()),
+        "timestamp_unit": "auto",
+    }
+
+
+class PixelRecReader(Reader):
+    """PixelRec's layout: interactions and item information as CSVs, covers named by item id.
+
+    ``files`` and ``columns`` rename what a copy of PixelRec (or data laid out like it)
+    calls its files and columns; ``timestamp_unit`` is ``auto`` (one unit per file, a mix
+    refused) or ``s`` / ``ms`` (every timestamp converted to it, conversions counted).
+    """
+
+    def __init__(
+        self,
+        files: DictConfig | dict[str, Any] | None = None,
+        columns: DictConfig | dict[str, Any] | None = None,
+        timestamp_unit: str = "auto",
+    ) -> None:
+        self.files = to_schema(files or {}, PixelRecFiles, "data.reader.files")
+        self.columns = to_schema(columns or {}, PixelRecColumns, "data.reader.columns")
+        if timestamp_unit not in TIMESTAMP_UNITS:
+            raise ConfigError(
+                f"data.reader.timestamp_unit={timestamp_unit!r} is unknown; "
+                f"valid: {', '.join(TIMESTAMP_UNITS)}"
+            )
+        self.timestamp_unit = timestamp_unit
+
+    def inputs(self, root: Path) -> dict[str, Path]:
+        return {
+            "interactions": root / self.files.interactions,
+            "items": root / self.files.items,
+            "covers": root / self.files.covers,
+        }
+
+    def sources(self, root: Path) -> Sources:
+        return Sources(**self.inputs(root))
+
+    def read(self, root: Path) -> RawData:
+        if not root.is_dir():
+            raise DataError(f"{root} not found; set data.root to a PixelRec-format directory")
+        inter, c1 = read_interactions(root, self.files, self.columns, self.timestamp_unit)
+        items, c2 = read_items(root, self.files, self.columns)
+        return RawData(
+            inter,
+            items,
+            find_covers(root, self.files),
+            list(self.columns.counts),
+            self.sources(root),
+            {**c1, **c2},
+        )

@@ -1,9 +1,11 @@
-"""Turn a raw PixelRec-format directory into a prepared dataset (see dataset.py).
+"""Turn a raw dataset directory into a prepared dataset (see dataset.py).
 
-The prepared directory is named after a fingerprint of the inputs and every setting,
-so preparing again with the same inputs and settings is a no-op, and a change of
-either produces a new directory instead of silently replacing the old one. The output
-is deterministic: the same inputs and seed give byte-identical files.
+The raw format is the business of the reader ``data.reader`` names (readers.py); from
+its :class:`RawData` on, preparation is the same for every format. The prepared
+directory is named after a fingerprint of the inputs and every setting, so preparing
+again with the same inputs and settings is a no-op, and a change of either produces a
+new directory instead of silently replacing the old one. The output is deterministic:
+the same inputs and seed give byte-identical files.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -21,7 +24,7 @@ from multirec.data import covers as cov
 from multirec.data.config import DataConfig
 from multirec.data.dataset import MANIFEST, PreparedDataset
 from multirec.data.kcore import kcore_mask
-from multirec.data.pixelrec import TIMESTAMP_UNITS, RawData, read_pixelrec
+from multirec.data.readers import RawData, Reader, build_reader
 from multirec.data.side_info import encode_tags, standardise_counts
 from multirec.data.splits import DROPPED, TEST, TRAIN, VALID, split_labels
 from multirec.data.text import check_template, clean_text, render_text
@@ -42,32 +45,38 @@ PREP_VERSION = 2  # bump when the preparation logic changes what it writes
 READ_HINT = "make the raw data readable by this user or set data.root"
 WRITE_HINT = "choose a writable paths.prepared_dir"
 LOCK_TIMEOUT_S = 2 * 3600  # longest wait for another process preparing the same dataset
+SPLITS = (("train", TRAIN), ("valid", VALID), ("test", TEST))
 
 
-def input_digest(cfg: DataConfig) -> dict:
-    """Identify the raw inputs cheaply: full digests of the CSVs, a listing of the covers."""
-    root = Path(cfg.root)
-    digests = {}
-    for key in ("interactions", "items"):
-        path = root / getattr(cfg.files, key)
-        digests[key] = file_digest(path) if path.is_file() else None
-    covers = root / cfg.files.covers
+def _listing(folder: Path) -> list[tuple[str, int, int]]:
     listing = []
-    if covers.is_dir():
-        for p in sorted(covers.iterdir()):
-            try:
-                st = p.stat()
-            except OSError:  # a dangling symlink: a missing cover, counted as such later
-                st = p.lstat()
-            listing.append((p.name, st.st_size, st.st_mtime_ns))
-    digests["covers"] = fingerprint(listing)
+    for p in sorted(folder.iterdir()):
+        try:
+            st = p.stat()
+        except OSError:  # a dangling symlink: for a reader, a missing file
+            st = p.lstat()
+        listing.append((p.name, st.st_size, st.st_mtime_ns))
+    return listing
+
+
+def input_digest(reader: Reader, root: Path) -> dict[str, str | None]:
+    """Identify the raw inputs cheaply: full digests of files, listings of folders.
+
+    A missing input has no digest; the reader names it when it reads.
+    """
+    digests: dict[str, str | None] = {}
+    for name, path in reader.inputs(root).items():
+        if path.is_dir():
+            digests[name] = fingerprint(_listing(path))
+        else:
+            digests[name] = file_digest(path) if path.is_file() else None
     digests["root"] = str(root.resolve())
     return digests
 
 
-def dataset_fingerprint(cfg: DataConfig) -> tuple[str, dict]:
+def dataset_fingerprint(cfg: DataConfig, reader: Reader) -> tuple[str, dict]:
     settings = asdict(cfg)
-    inputs = input_digest(cfg)
+    inputs = input_digest(reader, Path(cfg.root))
     return fingerprint(
         {"settings": settings, "inputs": inputs, "prep_version": PREP_VERSION}
     ), inputs
@@ -80,10 +89,6 @@ def validate_settings(cfg: DataConfig) -> None:
         raise ConfigError(f"data.duplicates={cfg.duplicates!r} is unknown; valid: drop, error")
     if cfg.kcore < 1:
         raise ConfigError(f"data.kcore={cfg.kcore} must be >= 1")
-    if cfg.timestamp_unit not in TIMESTAMP_UNITS:
-        raise ConfigError(
-            f"data.timestamp_unit={cfg.timestamp_unit!r} is unknown; valid: {', '.join(TIMESTAMP_UNITS)}"
-        )
     check_template(cfg.text.template)
 
 
@@ -93,14 +98,14 @@ def clean_interactions(raw: RawData, cfg: DataConfig, counts: Counter) -> pl.Dat
     counts["interactions_unknown_item"] = inter.height - known.height
     if counts["interactions_unknown_item"] and known.height == 0:
         raise DataError(
-            f"{Path(cfg.root) / cfg.files.interactions}: no interaction names an item of "
-            f"{cfg.files.items}; check that both files come from the same dataset"
+            f"{raw.sources.interactions}: no interaction names an item of "
+            f"{raw.sources.items.name}; check that both files come from the same dataset"
         )
     dup = known.filter(pl.struct("user_id", "item_id").is_duplicated())
     if dup.height and cfg.duplicates == "error":
         first = dup.row(0, named=True)
         raise DataError(
-            f"{Path(cfg.root) / cfg.files.interactions}: user {first['user_id']!r} and item "
+            f"{raw.sources.interactions}: user {first['user_id']!r} and item "
             f"{first['item_id']!r} appear together more than once; set data.duplicates=drop to keep the first"
         )
     deduped = known.sort(["user_id", "timestamp", "item_id"]).unique(
@@ -156,9 +161,10 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
     a temporary folder nor cover-validation workers behind.
     """
     validate_settings(cfg)
+    reader = build_reader(cfg.reader)
     with sigterm_unwinds():
         with os_errors("read", READ_HINT):
-            fp, inputs = dataset_fingerprint(cfg)
+            fp, inputs = dataset_fingerprint(cfg, reader)
         target = Path(prepared_dir) / f"{cfg.name}-{fp[:12]}"
         earlier = _prepared(target, fp)
         if earlier is not None:
@@ -166,7 +172,7 @@ def prepare(cfg: DataConfig, prepared_dir: str | Path, progress: bool = True) ->
         with os_errors("write", WRITE_HINT):
             target.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(sibling_lock(target), LOCK_TIMEOUT_S, f"preparing {target}"):
-            return _prepared(target, fp) or _prepare(cfg, target, fp, inputs, progress)
+            return _prepared(target, fp) or _prepare(cfg, reader, target, fp, inputs, progress)
 
 
 def _prepared(target: Path, fp: str) -> PreparedDataset | None:
@@ -180,75 +186,21 @@ def _prepared(target: Path, fp: str) -> PreparedDataset | None:
 
 
 def _prepare(
-    cfg: DataConfig, target: Path, fp: str, inputs: dict, progress: bool
+    cfg: DataConfig, reader: Reader, target: Path, fp: str, inputs: dict, progress: bool
 ) -> PreparedDataset:
     with os_errors("read", READ_HINT):
-        raw = read_pixelrec(cfg.root, cfg.files, cfg.columns, cfg.timestamp_unit)
+        raw = reader.read(Path(cfg.root))
     counts: Counter = Counter(raw.counts)
     inter = clean_interactions(raw, cfg, counts)
-
     items = _item_table(raw, cfg, inter["item_id"].unique(), counts, progress)
     counts["items_without_interactions"] = raw.items.height - items.height
     if cfg.covers.policy == "drop":
-        bad = items.filter(~pl.col("cover_ok"))
-        counts["items_dropped_invalid_cover"] = bad.height
-        before = inter.height
-        inter = inter.join(bad.select("item_id"), on="item_id", how="anti")
-        counts["interactions_dropped_invalid_cover"] = before - inter.height
-        if inter.height == 0:
-            raise DataError(
-                f"no item of {cfg.root} has a usable cover ({cover_counts(counts)}); "
-                "fix data.files.covers or set data.covers.policy=keep"
-            )
-
-    # k-core on integer codes
-    ucodes = inter["user_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-    icodes = inter["item_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-    keep, rounds = kcore_mask(ucodes, icodes, cfg.kcore)
-    counts["kcore_rounds"] = rounds
-    counts["interactions_removed_by_kcore"] = int((~keep).sum())
-    inter = inter.filter(pl.Series(keep))
-    if inter.height == 0:
-        raise DataError(
-            f"the {cfg.kcore}-core filter removed every interaction of {cfg.root}; "
-            "lower data.kcore or use more data"
-        )
-
-    users = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_row_index("user_idx")
-    items = items.join(inter.select("item_id").unique(), on="item_id", how="semi").sort("item_id")
-    items = items.with_row_index("item_idx")
-    inter = (
-        inter.join(users, on="user_id")
-        .join(items.select("item_id", "item_idx"), on="item_id")
-        .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "timestamp")
-        .sort(["user_idx", "timestamp", "item_idx"])
-    )
-    u = inter["user_idx"].to_numpy().astype(np.int64)
-    labels = split_labels(
-        u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed
-    )
-    counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
-    inter = inter.with_columns(pl.Series("split", labels))
+        inter = _drop_invalid_covers(cfg, raw, inter, items, counts)
+    inter = _kcore(cfg, inter, counts)
+    users, items, inter = _index(inter, items)
+    inter = _split(cfg, inter, counts)
     train_items = inter.filter(pl.col("split") == TRAIN)["item_idx"].to_numpy().astype(np.int64)
-
-    tag_idx, vocab = encode_tags(items["tag"].to_list(), train_items, cfg.tags.min_count)
-    numeric, stats = standardise_counts(items.select(cfg.columns.counts).to_numpy(), train_items)
-    counts["items_cold_in_train"] = int(items.height - np.unique(train_items).size)
-    items = items.select(
-        pl.col("item_idx").cast(pl.Int32),
-        "item_id",
-        "title",
-        "text",
-        "tag",
-        pl.Series("tag_idx", tag_idx, dtype=pl.Int32),
-        "cover_path",
-        "cover_ok",
-        *[pl.Series(f"num_{c}", numeric[:, j]) for j, c in enumerate(cfg.columns.counts)],
-    )
-    split_sizes = {
-        name: int((labels == code).sum())
-        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
-    }
+    items, vocab, stats = _item_features(cfg, raw, items, train_items, counts)
     manifest = {
         "fingerprint": fp,
         "name": cfg.name,
@@ -260,20 +212,113 @@ def _prepare(
         "n_items": items.height,
         "n_tags": len(vocab),
         "tag_vocab": vocab,
-        "numeric_columns": list(cfg.columns.counts),
+        "numeric_columns": list(raw.count_columns),
         "numeric_stats": stats,
-        "split_sizes": split_sizes,
+        "split_sizes": {
+            name: inter.filter(pl.col("split") == code).height for name, code in SPLITS
+        },
         "counts": dict(sorted(counts.items())),
     }
+    _write(target, users, items, inter, manifest)
+    log.info("prepared dataset written: %s", target)
+    return PreparedDataset.load(target)
+
+
+def _drop_invalid_covers(
+    cfg: DataConfig, raw: RawData, inter: pl.DataFrame, items: pl.DataFrame, counts: Counter
+) -> pl.DataFrame:
+    """``inter`` without the items whose cover is missing or unusable (the paper's policy)."""
+    bad = items.filter(~pl.col("cover_ok"))
+    counts["items_dropped_invalid_cover"] = bad.height
+    kept = inter.join(bad.select("item_id"), on="item_id", how="anti")
+    counts["interactions_dropped_invalid_cover"] = inter.height - kept.height
+    if kept.height == 0:
+        raise DataError(
+            f"no item of {cfg.root} has a usable cover in {raw.sources.covers} "
+            f"({cover_counts(counts)}); check the covers or set data.covers.policy=keep"
+        )
+    return kept
+
+
+def _kcore(cfg: DataConfig, inter: pl.DataFrame, counts: Counter) -> pl.DataFrame:
+    """The iterated k-core of ``inter``, computed on integer codes."""
+    ucodes = inter["user_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    icodes = inter["item_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    keep, rounds = kcore_mask(ucodes, icodes, cfg.kcore)
+    counts["kcore_rounds"] = rounds
+    counts["interactions_removed_by_kcore"] = int((~keep).sum())
+    inter = inter.filter(pl.Series(keep))
+    if inter.height == 0:
+        raise DataError(
+            f"the {cfg.kcore}-core filter removed every interaction of {cfg.root}; "
+            "lower data.kcore or use more data"
+        )
+    return inter
+
+
+def _index(
+    inter: pl.DataFrame, items: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Users, items and interactions with dense indices in id order, the models' rows."""
+    users = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_row_index("user_idx")
+    items = items.join(inter.select("item_id").unique(), on="item_id", how="semi").sort("item_id")
+    items = items.with_row_index("item_idx")
+    inter = (
+        inter.join(users, on="user_id")
+        .join(items.select("item_id", "item_idx"), on="item_id")
+        .select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32), "timestamp")
+        .sort(["user_idx", "timestamp", "item_idx"])
+    )
+    return users, items, inter
+
+
+def _split(cfg: DataConfig, inter: pl.DataFrame, counts: Counter) -> pl.DataFrame:
+    """``inter`` with each interaction's split label."""
+    u = inter["user_idx"].to_numpy().astype(np.int64)
+    labels = split_labels(
+        u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed
+    )
+    counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
+    return inter.with_columns(pl.Series("split", labels))
+
+
+def _item_features(
+    cfg: DataConfig, raw: RawData, items: pl.DataFrame, train_items: np.ndarray, counts: Counter
+) -> tuple[pl.DataFrame, list[str], dict[str, Any]]:
+    """The item table as written, with tag ids and standardised counts fitted on training
+    interactions only; also the tag vocabulary and the count statistics."""
+    tag_idx, vocab = encode_tags(items["tag"].to_list(), train_items, cfg.tags.min_count)
+    numeric, stats = standardise_counts(items.select(raw.count_columns).to_numpy(), train_items)
+    counts["items_cold_in_train"] = int(items.height - np.unique(train_items).size)
+    items = items.select(
+        pl.col("item_idx").cast(pl.Int32),
+        "item_id",
+        "title",
+        "text",
+        "tag",
+        pl.Series("tag_idx", tag_idx, dtype=pl.Int32),
+        "cover_path",
+        "cover_ok",
+        *[pl.Series(f"num_{c}", numeric[:, j]) for j, c in enumerate(raw.count_columns)],
+    )
+    return items, vocab, stats
+
+
+def _write(
+    target: Path,
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    inter: pl.DataFrame,
+    manifest: dict[str, Any],
+) -> None:
+    """The prepared files, appearing at ``target`` all at once; the manifest goes last."""
     with os_errors("write", WRITE_HINT), atomic_dir(target) as tmp:
         users.select(pl.col("user_idx").cast(pl.Int32), "user_id").write_parquet(
             tmp / "users.parquet"
         )
         items.write_parquet(tmp / "items.parquet")
-        for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        for name, code in SPLITS:
             inter.filter(pl.col("split") == code).drop("split").write_parquet(
                 tmp / f"{name}.parquet"
             )
         atomic_write_json(tmp / MANIFEST, manifest)
-    log.info("prepared dataset written: %s", target)
-    return PreparedDataset.load(target)

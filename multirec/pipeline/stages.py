@@ -18,6 +18,7 @@ from multirec.config import to_schema
 from multirec.data.config import DataConfig
 from multirec.data.dataset import PreparedDataset
 from multirec.data.prepare import prepare
+from multirec.data.readers import build_reader
 from multirec.features.cache import load_features
 from multirec.features.extraction import ensure_cache
 from multirec.models.items import ItemInputs
@@ -46,7 +47,8 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
         else dict(cfg.sample)
     )
     record = root / "_sample.json"
-    if (root / cfg.files.interactions).is_file() and record.is_file():
+    inputs = build_reader(cfg.reader).inputs(root).values()
+    if all(p.exists() for p in inputs) and record.is_file():
         made = json.loads(record.read_text())
         if all(made.get(k) == v for k, v in sample.items() if v is not None):
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from multirec.data.config import COUNT_COLUMNS
+from multirec.data.pixelrec import COUNT_COLUMNS
 
 # Expected count per view of every counter after ``view_number``, in COUNT_COLUMNS order.
 _PER_VIEW = (0.004, 0.04, 0.003, 0.01, 0.015, 0.006)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from multirec.data.config import COUNT_COLUMNS
+from multirec.data.pixelrec import COUNT_COLUMNS
 from multirec.data.synthetic.world import World
 
 
