@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from multirec.errors import ConfigError, MultirecError
@@ -38,13 +38,6 @@ def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) ->
         raise ConfigError(
             f"config {where}.{key}: {msg}".replace(f"{where}.:", f"{where}:")
         ) from None
-
-
-def plain(node: Any) -> Any:
-    """``node`` as plain Python containers (resolved), so it can be saved as data."""
-    if isinstance(node, DictConfig | ListConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def build(node: Any, **kwargs: Any) -> Any:

@@ -26,8 +26,8 @@ from multirec.errors import ConfigError
 from multirec.eval.callback import RankingEvaluation
 from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
-from multirec.models.neural import dataset_sizes
-from multirec.pipeline.checkpoints import check_resume, read_checkpoint
+from multirec.models.neural import build_model
+from multirec.pipeline.checkpoints import check_resume, read_weights
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "caches": caches,
         "choices": _choices(),
     }
-    model = build(cfg.model, **dataset_sizes(ds, items), provenance=provenance)
+    model = build_model(cfg.model, ds, items, provenance)
     model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     comparison: dict[str, dict[str, float]] = {}
     if cfg.test and trainer.is_global_zero:
         if ckpt:
-            model.load_state_dict(read_checkpoint(ckpt)["state_dict"])
+            model.load_state_dict(read_weights(ckpt))
         metrics.update(evaluation.test(trainer, model, out_dir, run))
         for bcfg in (cfg.get("compare") or {}).values():
             baseline = build(bcfg).fit(ds)

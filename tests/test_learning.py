@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 
 from multirec.baselines.simple import MostPopular, RandomRecommender
-from multirec.config import build
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
@@ -22,7 +21,7 @@ from multirec.data.synthetic import generate_sample
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import SampledProtocol
 from multirec.models.items import ItemInputs
-from multirec.models.neural import dataset_sizes
+from multirec.models.neural import build_model
 from tests.conftest import compose_cfg
 
 METRIC = "test/sampled/ndcg@10"
@@ -82,7 +81,7 @@ def train_and_test(ds, visual, text, root, epochs: int = 6) -> float:
         None if text is None else (text, ok),
     )
     cfg = compose_cfg("train", [f"model.{k}={v}" for k, v in SETTINGS.items()], root)
-    model = build(cfg.model, **dataset_sizes(ds, items))
+    model = build_model(cfg.model, ds, items)
     model.attach(ds, items)
     dm = RecDataModule(ds, batch_size=256, num_negatives=4, seed=0)
     trainer = L.Trainer(

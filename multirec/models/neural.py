@@ -20,8 +20,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from multirec.config import build
 from multirec.data.dataset import PreparedDataset
-from multirec.errors import MultirecError
+from multirec.errors import ConfigError, MultirecError
 from multirec.models.base import Recommender, Validation
 from multirec.models.items import ItemInputs
 
@@ -40,6 +41,17 @@ def register(name: str) -> Any:
         return cls
 
     return add
+
+
+def build_model(
+    node: Any, dataset: PreparedDataset, items: ItemInputs, provenance: dict | None = None
+) -> NeuralRecommender:
+    """The neural model a ``model`` config node describes, sized for ``dataset``. Its settings
+    arrive as plain containers, so that its checkpoints hold data only."""
+    model = build(node, **dataset_sizes(dataset, items), provenance=provenance, _convert_="all")
+    if not isinstance(model, NeuralRecommender):
+        raise ConfigError(f"model._target_ {node.get('_target_')} is not a multirec neural model")
+    return model
 
 
 def dataset_sizes(dataset: PreparedDataset, items: ItemInputs) -> dict[str, int]:

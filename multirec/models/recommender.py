@@ -17,7 +17,6 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from multirec.config import plain
 from multirec.errors import MultirecError
 from multirec.models.items import ItemInputs
 from multirec.models.neural import NeuralRecommender, register
@@ -77,7 +76,6 @@ class MultimodalRecommender(NeuralRecommender):
         provenance: dict | None = None,
     ) -> None:
         super().__init__()
-        fusion, loss, provenance = plain(fusion), plain(loss), plain(provenance)
         self.save_hyperparameters()
         # user-side tokens come first, then item-side tokens; `modalities` names them in order
         self.user_modalities: list[str] = []

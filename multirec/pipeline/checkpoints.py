@@ -75,8 +75,8 @@ def check_targets(node: Any, source: Path | str) -> None:
             )
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The checkpoint's contents, read as data only (no code runs)."""
+def _load(path: Path | str) -> dict[str, Any]:
+    """The checkpoint file read as data only: tensors and plain containers, no code runs."""
     path = Path(path)
     if not path.is_file():
         raise MultirecError(
@@ -100,9 +100,19 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{path} is not a Lightning checkpoint written by multirec.train")
-    hparams = ckpt.get("hyper_parameters") or {}
-    check_targets(hparams, path)
     return ckpt
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint's contents, its stored settings checked to name only multirec's classes."""
+    ckpt = _load(path)
+    check_targets(ckpt.get("hyper_parameters") or {}, path)
+    return ckpt
+
+
+def read_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """Only the model weights of a checkpoint (tensors: nothing in them is ever built)."""
+    return _load(path)["state_dict"]
 
 
 def checkpoint_provenance(ckpt_path: Path | str) -> dict[str, Any]:
