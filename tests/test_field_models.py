@@ -1,0 +1,265 @@
+"""The field's models (LightGCN) on the shared interface: each reduces to its
+simpler relative when its addition is switched off, learns enough to beat MostPopular on
+the ``mini`` sample under both protocols, scores alike through ``score`` and ``score_all``,
+and survives a checkpoint round trip.
+
+Features come from the sample's ground truth (noisy one-hot topics), as in test_learning, so
+nothing here runs an encoder.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from multirec.baselines.simple import MostPopular
+from multirec.data.config import DataConfig
+from multirec.data.datamodule import RecDataModule
+from multirec.data.prepare import prepare
+from multirec.data.synthetic import generate_sample
+from multirec.errors import ConfigError
+from multirec.eval.evaluator import evaluate
+from multirec.eval.protocols import FullProtocol, SampledProtocol
+from multirec.models.items import ItemInputs
+from multirec.models.lightgcn import LightGCN
+from multirec.models.neural import dataset_sizes
+from multirec.pipeline.checkpoints import build_from_checkpoint, read_checkpoint
+from multirec.train import train
+from tests.conftest import compose_cfg
+
+MODELS = {"lightgcn": LightGCN}
+# short runs: a higher rate than the YAML defaults
+FAST = {
+    "lightgcn": {"lr": 0.01},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The graphs here are tiny: with the CPU shared, thread hand-offs cost more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple:
+    """The prepared ``mini`` sample and its items with visual and text features."""
+    root = tmp_path_factory.mktemp("field")
+    raw = generate_sample(
+        root / "raw",
+        size="mini",
+        seed=3,
+        misleading_share=0.0,
+        broken_share=0.0,
+        covers=False,
+        progress=False,
+    )
+    (raw / "covers").mkdir(exist_ok=True)
+    cfg = DataConfig(name="field", root=str(raw))
+    cfg.covers.policy = "keep"
+    ds = prepare(cfg, root / "prepared", progress=False)
+    topics = (
+        pl.read_csv(raw / "_topics.csv")
+        .join(pl.DataFrame({"item_id": ds.item_ids, "order": np.arange(ds.n_items)}), on="item_id")
+        .sort("order")
+    )
+    rng = np.random.default_rng(0)
+    n_topics = int(topics["topic"].max()) + 1
+
+    def noisy_onehot(col: str) -> np.ndarray:
+        x = np.eye(n_topics, dtype=np.float32)[topics[col].to_numpy()]
+        return x + rng.normal(scale=0.3, size=x.shape).astype(np.float32)
+
+    ok = np.ones(ds.n_items, dtype=bool)
+    items = ItemInputs.build(
+        ds.tag_index(),
+        ds.numeric_features(),
+        ds.seen_items(),
+        (noisy_onehot("cover_topic"), ok),
+        (noisy_onehot("topic"), ok),
+    )
+    return ds, items
+
+
+def new_model(name: str, ds, items, **settings):
+    L.seed_everything(0)
+    model = MODELS[name](**dataset_sizes(ds, items), **settings)
+    model.attach(ds, items)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory) -> dict:
+    """Each model trained 3 epochs on ``mini``, with its checkpoint: name -> (model, path)."""
+    ds, items = world
+    out = {}
+    for name in MODELS:
+        model = new_model(name, ds, items, **FAST[name])
+        trainer = L.Trainer(
+            max_epochs=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=RecDataModule(ds, batch_size=256, num_negatives=4, seed=0))
+        path = tmp_path_factory.mktemp("ckpt") / f"{name}.ckpt"
+        trainer.save_checkpoint(path)
+        out[name] = (model, path)
+    return out
+
+
+def ndcg10(model, ds) -> dict[str, float]:
+    return {
+        p.name: evaluate(model, ds, p, "test").metrics[f"test/{p.name}/ndcg@10"]
+        for p in (SampledProtocol(), FullProtocol())
+    }
+
+
+# -- each model reduces to its simpler relative -------------------------------------------
+def test_lightgcn_without_layers_is_matrix_factorisation(world):
+    ds, items = world
+    mf = new_model("lightgcn", ds, items, layers=0)
+    users = torch.arange(ds.n_users)
+    expected = mf.user_emb.weight @ mf.item_emb.weight.T
+    torch.testing.assert_close(mf.score_all(users), expected.detach())
+
+
+def test_lightgcn_propagates_on_the_normalised_training_graph(world):
+    ds, items = world
+    model = new_model("lightgcn", ds, items, layers=2)
+    r = ds.interaction_matrix("train").toarray()
+    a = np.block([[np.zeros((ds.n_users,) * 2), r], [r.T, np.zeros((ds.n_items,) * 2)]])
+    d = a.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0.0)
+    norm = inv[:, None] * a * inv[None, :]
+    e0 = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach().double().numpy()
+    e = (e0 + norm @ e0 + norm @ norm @ e0) / 3
+    expected = e[: ds.n_users] @ e[ds.n_users :].T
+    got = model.score_all(torch.arange(ds.n_users)).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# -- learning and the shared interface --------------------------------------------------
+@pytest.mark.parametrize("name", list(MODELS))
+def test_beats_most_popular_under_both_protocols(world, trained, name):
+    ds, _ = world
+    model, _ = trained[name]
+    got, pop = ndcg10(model, ds), ndcg10(MostPopular().fit(ds), ds)
+    print(f"{name}: ndcg@10 {got} vs MostPopular {pop}")
+    assert got["sampled"] > pop["sampled"] + 0.1, (got, pop)
+    assert got["full"] > pop["full"] + 0.05, (got, pop)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_score_agrees_with_score_all(world, trained, name):
+    ds, _ = world
+    model, _ = trained[name]
+    users = torch.arange(0, ds.n_users, 3)
+    cands = torch.randint(
+        0, ds.n_items, (len(users), 30), generator=torch.Generator().manual_seed(0)
+    )
+    full = model.score_all(users)
+    torch.testing.assert_close(model.score(users, cands), full.gather(1, cands))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoint_round_trip(world, trained, name):
+    ds, items = world
+    model, path = trained[name]
+    loaded = build_from_checkpoint(read_checkpoint(path), path)
+    assert type(loaded) is type(model)
+    loaded.attach(ds, items)
+    users = torch.arange(ds.n_users)
+    torch.testing.assert_close(loaded.score_all(users), model.score_all(users))
+
+
+def test_scoring_tables_are_reused_until_a_parameter_changes(world):
+    ds, items = world
+    model = new_model("lightgcn", ds, items)
+    tables = model.scoring_tables()
+    assert model.scoring_tables() is tables
+    users = torch.arange(ds.n_users)
+    before = model.score_all(users)
+    with torch.no_grad():
+        model.user_emb.weight.mul_(2)
+        user_vecs, item_vecs, _ = model.tables()
+    assert model.scoring_tables() is not tables
+    after = model.score_all(users)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, user_vecs @ item_vecs.T)
+    tables = model.scoring_tables()
+    model.on_train_batch_start(None, 0)  # a fused optimiser steps without version bumps
+    assert model.scoring_tables() is not tables
+
+
+# -- settings and the entry point -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "settings", "key"),
+    [
+        ("lightgcn", {"layers": -1}, "model.layers"),
+        ("lightgcn", {"dim": 0}, "model.dim"),
+    ],
+)
+def test_bad_settings_are_one_line_config_errors(name, settings, key):
+    sizes = {
+        "n_users": 3,
+        "n_items": 4,
+        "n_tags": 1,
+        "n_numeric": 0,
+        "visual_dim": 2,
+        "text_dim": 2,
+    }
+    with pytest.raises(ConfigError, match=key) as err:
+        MODELS[name](**{**sizes, **settings})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_config_builds_and_keeps_provenance_as_data(tmp_path, name):
+    cfg = compose_cfg("train", [f"model={name}"], tmp_path)
+    sizes = {
+        "n_users": 3,
+        "n_items": 4,
+        "n_tags": 1,
+        "n_numeric": 0,
+        "visual_dim": 2,
+        "text_dim": 2,
+    }
+    provenance = {
+        "encoder": {"visual": {"_target_": "multirec.features.encoders.text.HFTextEncoder"}}
+    }
+    model = instantiate(cfg.model, **sizes, provenance=provenance)
+    assert isinstance(model, MODELS[name])
+    stored = model.hparams.provenance  # plain containers, so checkpoints load weights-only
+    assert type(stored) is dict and type(stored["encoder"]["visual"]) is dict
+    assert stored == provenance
+
+
+def test_train_entry_point_runs_a_graph_model(tmp_path):
+    cfg = compose_cfg(
+        "train",
+        [
+            "data=tiny",
+            "model=lightgcn",
+            "encoder/visual=none",
+            "encoder/text=none",
+            "logger=none",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "compare={}",
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.trainer.enable_model_summary = False
+    result = train(cfg)
+    assert result["model"] == "LightGCN" and result["best_checkpoint"]
+    assert 0.0 <= result["metrics"]["test/full/ndcg@10"] <= 1.0
