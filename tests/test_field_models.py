@@ -1,4 +1,4 @@
-"""The field's models (LightGCN) on the shared interface: each reduces to its
+"""The field's models (VBPR, LightGCN) on the shared interface: each reduces to its
 simpler relative when its addition is switched off, learns enough to beat MostPopular on
 the ``mini`` sample under both protocols, scores alike through ``score`` and ``score_all``,
 and survives a checkpoint round trip.
@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from multirec.baselines.bprmf import BPRMF
 from multirec.baselines.simple import MostPopular
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
@@ -25,16 +26,19 @@ from multirec.data.synthetic import generate_sample
 from multirec.errors import ConfigError
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import FullProtocol, SampledProtocol
+from multirec.models.base import DatasetSignature
 from multirec.models.items import ItemInputs
 from multirec.models.lightgcn import LightGCN
 from multirec.models.neural import dataset_sizes
+from multirec.models.vbpr import VBPR
 from multirec.pipeline.checkpoints import build_from_checkpoint, read_checkpoint
 from multirec.train import train
 from tests.conftest import compose_cfg
 
-MODELS = {"lightgcn": LightGCN}
+MODELS = {"vbpr": VBPR, "lightgcn": LightGCN}
 # short runs: a higher rate than the YAML defaults
 FAST = {
+    "vbpr": {"lr": 0.01},
     "lightgcn": {"lr": 0.01},
 }
 
@@ -124,6 +128,44 @@ def ndcg10(model, ds) -> dict[str, float]:
 
 
 # -- each model reduces to its simpler relative -------------------------------------------
+def test_vbpr_without_content_scores_like_bprmf(world):
+    ds, items = world
+    no_content = ItemInputs.build(ds.tag_index(), ds.numeric_features(), ds.seen_items())
+    vbpr = new_model("vbpr", ds, no_content)
+    assert vbpr.feature_dim == 0
+    torch.nn.init.normal_(vbpr.item_bias.weight)  # nonzero biases, so b_i is checked too
+    bpr = BPRMF()
+    bpr.fitted_on = DatasetSignature.of(ds)
+    bpr.user_factors = vbpr.user_emb.weight.detach().clone()
+    bpr.item_factors = vbpr.item_emb.weight.detach().clone()
+    bpr.item_bias = vbpr.item_bias.weight.detach().squeeze(1).clone()
+    users = torch.arange(ds.n_users)
+    torch.testing.assert_close(vbpr.score_all(users), bpr.score_all(users))
+    cands = torch.randint(0, ds.n_items, (ds.n_users, 21))
+    torch.testing.assert_close(vbpr.score(users, cands), bpr.score(users, cands))
+
+
+def test_vbpr_content_term_is_zero_for_missing_features(world):
+    ds, items = world
+    ok = items.visual_ok.clone()
+    ok[::3] = False
+    vbpr = new_model("vbpr", ds, ItemInputs(**{**vars(items), "visual_ok": ok}))
+    torch.nn.init.normal_(vbpr.content_bias)
+    users = torch.arange(ds.n_users)
+    mf = vbpr.user_emb.weight @ vbpr.item_emb.weight.T + vbpr.item_bias.weight.T
+    diff = (vbpr.score_all(users) - mf.detach()).abs().amax(dim=0)
+    assert torch.all(diff[~ok] < 1e-5) and torch.all(diff[ok] > 1e-3)
+
+
+def test_vbpr_use_text_concatenates_the_text_feature(world):
+    ds, items = world
+    vbpr = new_model("vbpr", ds, items, use_text=True)
+    assert vbpr.feature_dim == items.visual_dim + items.text_dim
+    idx = torch.tensor([0, 5, 7])
+    expected = torch.cat([items.visual[idx], items.text[idx]], dim=1).float()
+    torch.testing.assert_close(vbpr.features(idx), expected)
+
+
 def test_lightgcn_without_layers_is_matrix_factorisation(world):
     ds, items = world
     mf = new_model("lightgcn", ds, items, layers=0)
@@ -206,6 +248,8 @@ def test_scoring_tables_are_reused_until_a_parameter_changes(world):
     [
         ("lightgcn", {"layers": -1}, "model.layers"),
         ("lightgcn", {"dim": 0}, "model.dim"),
+        ("vbpr", {"lr": 0.0}, "model.lr"),
+        ("vbpr", {"use_text": True, "text_dim": 0}, "model.use_text"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(name, settings, key):
