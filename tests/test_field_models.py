@@ -1,4 +1,4 @@
-"""The field's models (VBPR, LightGCN) on the shared interface: each reduces to its
+"""The field's models (VBPR, LightGCN, FREEDOM) on the shared interface: each reduces to its
 simpler relative when its addition is switched off, learns enough to beat MostPopular on
 the ``mini`` sample under both protocols, scores alike through ``score`` and ``score_all``,
 and survives a checkpoint round trip.
@@ -27,6 +27,8 @@ from multirec.errors import ConfigError
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import FullProtocol, SampledProtocol
 from multirec.models.base import DatasetSignature
+from multirec.models.freedom import FREEDOM
+from multirec.models.graph import knn_graph, sample_edges
 from multirec.models.items import ItemInputs
 from multirec.models.lightgcn import LightGCN
 from multirec.models.neural import dataset_sizes
@@ -35,11 +37,12 @@ from multirec.pipeline.checkpoints import build_from_checkpoint, read_checkpoint
 from multirec.train import train
 from tests.conftest import compose_cfg
 
-MODELS = {"vbpr": VBPR, "lightgcn": LightGCN}
-# short runs: a higher rate than the YAML defaults
+MODELS = {"vbpr": VBPR, "lightgcn": LightGCN, "freedom": FREEDOM}
+# short runs: a higher rate than the YAML defaults, and less pruning for FREEDOM's few epochs
 FAST = {
     "vbpr": {"lr": 0.01},
     "lightgcn": {"lr": 0.01},
+    "freedom": {"lr": 0.01, "edge_dropout": 0.5},
 }
 
 
@@ -189,6 +192,57 @@ def test_lightgcn_propagates_on_the_normalised_training_graph(world):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_freedom_without_item_graph_is_lightgcn(world):
+    ds, items = world
+    lightgcn = new_model("lightgcn", ds, items, layers=2)
+    users = torch.arange(ds.n_users)
+    expected = lightgcn.score_all(users)
+    no_features = ItemInputs.build(ds.tag_index(), ds.numeric_features(), ds.seen_items())
+    for inputs, settings in ((items, {"item_layers": 0}), (no_features, {})):
+        freedom = new_model("freedom", ds, inputs, layers=2, **settings)
+        assert freedom.frozen_item_graph() is None
+        freedom.load_state_dict(lightgcn.state_dict(), strict=False)  # its projections stay
+        torch.testing.assert_close(freedom.score_all(users), expected)
+    with_graph = new_model("freedom", ds, items, layers=2)
+    with_graph.load_state_dict(lightgcn.state_dict(), strict=False)
+    assert not torch.allclose(with_graph.score_all(users), expected)
+
+
+# -- FREEDOM's two graphs ------------------------------------------------------------------
+def test_knn_graph_links_each_valid_item_to_its_nearest_neighbours():
+    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    ok = torch.tensor([True, True, True, True, False])
+    graph = knn_graph(feats.half(), ok, k=2, block=2).to_dense()
+    expected = torch.zeros(5, 5)
+    for i, j in ((0, 0), (0, 1), (1, 1), (1, 0), (2, 2), (2, 3), (3, 3), (3, 2)):
+        expected[i, j] = 0.5  # 1 / sqrt(k * k): every valid row holds k neighbours
+    torch.testing.assert_close(graph, expected)  # item 4 (no feature): no edge either way
+
+
+def test_edge_pruning_keeps_edges_in_proportion_to_their_weight():
+    torch.manual_seed(0)
+    weights = torch.tensor([1.0, 4.0])
+    kept = torch.stack([sample_edges(weights, 1) for _ in range(4000)])
+    assert abs(float((kept == 1).float().mean()) - 0.8) < 0.03
+
+
+def test_freedom_prunes_for_training_but_scores_on_the_full_graph(world):
+    ds, items = world
+    model = new_model("freedom", ds, items, edge_dropout=0.5)
+    users = torch.arange(ds.n_users)
+    before = model.score_all(users)
+    model.prune()
+    n_edges = ds.interaction_matrix("train").nnz
+    pruned = model.training_graph()
+    assert pruned._nnz() == 2 * int(n_edges * 0.5)
+    # renormalised on the kept edges: an edge's weight is 1 / sqrt(d_u d_i) of the pruned graph
+    dense = pruned.to_dense()
+    deg = (dense > 0).sum(1).float()
+    rows, cols = pruned.indices()
+    torch.testing.assert_close(pruned.values(), (deg[rows] * deg[cols]).rsqrt())
+    torch.testing.assert_close(model.score_all(users), before)
+
+
 # -- learning and the shared interface --------------------------------------------------
 @pytest.mark.parametrize("name", list(MODELS))
 def test_beats_most_popular_under_both_protocols(world, trained, name):
@@ -250,6 +304,10 @@ def test_scoring_tables_are_reused_until_a_parameter_changes(world):
         ("lightgcn", {"dim": 0}, "model.dim"),
         ("vbpr", {"lr": 0.0}, "model.lr"),
         ("vbpr", {"use_text": True, "text_dim": 0}, "model.use_text"),
+        ("freedom", {"item_layers": -1}, "model.item_layers"),
+        ("freedom", {"edge_dropout": 1.0}, "model.edge_dropout"),
+        ("freedom", {"image_weight": 1.5}, "model.image_weight"),
+        ("freedom", {"knn_k": 0}, "model.knn_k"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(name, settings, key):
@@ -292,7 +350,7 @@ def test_train_entry_point_runs_a_graph_model(tmp_path):
         "train",
         [
             "data=tiny",
-            "model=lightgcn",
+            "model=freedom",
             "encoder/visual=none",
             "encoder/text=none",
             "logger=none",
@@ -305,5 +363,5 @@ def test_train_entry_point_runs_a_graph_model(tmp_path):
     with open_dict(cfg):
         cfg.trainer.enable_model_summary = False
     result = train(cfg)
-    assert result["model"] == "LightGCN" and result["best_checkpoint"]
+    assert result["model"] == "FREEDOM" and result["best_checkpoint"]
     assert 0.0 <= result["metrics"]["test/full/ndcg@10"] <= 1.0
