@@ -26,7 +26,7 @@ from multirec.errors import ConfigError
 from multirec.eval.callback import RankingEvaluation
 from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
-from multirec.models.neural import build_model
+from multirec.models.neural import build_model, dataset_sizes
 from multirec.pipeline.checkpoints import check_resume, read_weights
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
 
@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "caches": caches,
         "choices": _choices(),
     }
-    model = build_model(cfg.model, ds, items, provenance)
+    model = build_model(cfg.model, dataset_sizes(ds, items), provenance)
     model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
@@ -131,10 +131,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def results_table(result: dict[str, Any]) -> str:
     """Test metrics of the model beside the baselines scored on the same candidates."""
     choices = result["choices"]
-    label = (
-        "+".join(choices[k] for k in ("encoder", "fusion", "loss") if k in choices)
-        or result["model"]
-    )
+    # fusion and loss shape only the multimodal model; other models are named with their encoder
+    parts = ("encoder", "fusion", "loss") if choices.get("model") == "multimodal" else ("encoder",)
+    settings = "+".join(choices[k] for k in parts if k in choices)
+    label = f"{choices.get('model', result['model'])} ({settings})" if settings else result["model"]
     tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
     return format_tables([(label, tests), *result["comparison"].items()])
 

@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from multirec.baselines.bprmf import BPRMF
@@ -31,7 +30,7 @@ from multirec.models.freedom import FREEDOM
 from multirec.models.graph import knn_graph, sample_edges
 from multirec.models.items import ItemInputs
 from multirec.models.lightgcn import LightGCN
-from multirec.models.neural import dataset_sizes
+from multirec.models.neural import build_model, dataset_sizes
 from multirec.models.vbpr import VBPR
 from multirec.pipeline.checkpoints import build_from_checkpoint, read_checkpoint
 from multirec.train import train
@@ -338,7 +337,7 @@ def test_model_config_builds_and_keeps_provenance_as_data(tmp_path, name):
     provenance = {
         "encoder": {"visual": {"_target_": "multirec.features.encoders.text.HFTextEncoder"}}
     }
-    model = instantiate(cfg.model, **sizes, provenance=provenance)
+    model = build_model(cfg.model, sizes, provenance)
     assert isinstance(model, MODELS[name])
     stored = model.hparams.provenance  # plain containers, so checkpoints load weights-only
     assert type(stored) is dict and type(stored["encoder"]["visual"]) is dict

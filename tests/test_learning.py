@@ -21,7 +21,7 @@ from multirec.data.synthetic import generate_sample
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import SampledProtocol
 from multirec.models.items import ItemInputs
-from multirec.models.neural import build_model
+from multirec.models.neural import build_model, dataset_sizes
 from tests.conftest import compose_cfg
 
 METRIC = "test/sampled/ndcg@10"
@@ -81,7 +81,7 @@ def train_and_test(ds, visual, text, root, epochs: int = 6) -> float:
         None if text is None else (text, ok),
     )
     cfg = compose_cfg("train", [f"model.{k}={v}" for k, v in SETTINGS.items()], root)
-    model = build_model(cfg.model, ds, items)
+    model = build_model(cfg.model, dataset_sizes(ds, items))
     model.attach(ds, items)
     dm = RecDataModule(ds, batch_size=256, num_negatives=4, seed=0)
     trainer = L.Trainer(

@@ -24,7 +24,7 @@ from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
 from multirec.models.items import ItemInputs
-from multirec.models.neural import NeuralRecommender, build_model
+from multirec.models.neural import NeuralRecommender, build_model, dataset_sizes
 
 SAMPLE = Path("outputs/data/sample_pixelrec50k_tables")
 PREPARED = Path("outputs/prepared")
@@ -140,7 +140,7 @@ def one_fusion(fusion: str) -> dict:
     model_cfg = OmegaConf.load(CONF / "model" / "multimodal.yaml")
     model_cfg.fusion = OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")
     model_cfg.loss = OmegaConf.load(CONF / "loss" / "bce.yaml")
-    model = build_model(model_cfg, ds, items)
+    model = build_model(model_cfg, dataset_sizes(ds, items))
     model.attach(ds, items)
     dm = RecDataModule(ds, batch_size=BATCH, num_negatives=4, seed=0)
     pipeline = fit_steps(model, dm, STEPS)

@@ -35,7 +35,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from multirec.config import plain
 from multirec.errors import ConfigError, MultirecError
 from multirec.models.factors import at_least, dot_bpr
 from multirec.models.graph import bipartite_adjacency, edge_weights, edges, knn_graph, sample_edges
@@ -72,8 +71,6 @@ class FREEDOM(LightGCN):
             raise ConfigError(f"model.image_weight must lie in [0, 1], got {image_weight}")
         if not 0.0 <= edge_dropout < 1.0:
             raise ConfigError(f"model.edge_dropout must lie in [0, 1), got {edge_dropout}")
-        # LightGCN's save_hyperparameters() records this frame's arguments as well
-        provenance = plain(provenance)
         super().__init__(
             n_users,
             n_items,

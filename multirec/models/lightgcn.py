@@ -14,7 +14,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from multirec.config import plain
 from multirec.errors import MultirecError
 from multirec.models.factors import FactorRecommender, Tables, at_least, dot_bpr, positive
 from multirec.models.graph import bipartite_adjacency, edges, propagate
@@ -42,7 +41,6 @@ class LightGCN(FactorRecommender):
         at_least(1, dim=dim)
         at_least(0, layers=layers, reg=reg)
         positive(lr=lr)
-        provenance = plain(provenance)
         self.save_hyperparameters()
         self.user_emb = nn.Embedding(n_users, dim)
         self.item_emb = nn.Embedding(n_items, dim)

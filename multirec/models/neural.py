@@ -44,11 +44,15 @@ def register(name: str) -> Any:
 
 
 def build_model(
-    node: Any, dataset: PreparedDataset, items: ItemInputs, provenance: dict | None = None
+    node: Any, sizes: dict[str, int], provenance: dict | None = None
 ) -> NeuralRecommender:
-    """The neural model a ``model`` config node describes, sized for ``dataset``. Its settings
-    arrive as plain containers, so that its checkpoints hold data only."""
-    model = build(node, **dataset_sizes(dataset, items), provenance=provenance, _convert_="all")
+    """The neural model a ``model`` config node describes, of the given :func:`dataset_sizes`.
+
+    Its settings arrive as plain containers and nested nodes (fusion, loss, the encoder
+    configs in ``provenance``) unbuilt, so that its checkpoints hold data only; a model
+    builds its own parts from them.
+    """
+    model = build(node, **sizes, provenance=provenance, _convert_="all", _recursive_=False)
     if not isinstance(model, NeuralRecommender):
         raise ConfigError(f"model._target_ {node.get('_target_')} is not a multirec neural model")
     return model

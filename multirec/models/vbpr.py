@@ -24,7 +24,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from multirec.config import plain
 from multirec.errors import ConfigError, MultirecError
 from multirec.models.factors import FactorRecommender, Tables, at_least, bpr, positive
 from multirec.models.items import ItemInputs
@@ -60,7 +59,6 @@ class VBPR(FactorRecommender):
                 "model.use_text=true but the encoder has no text side; pick one with text "
                 "(e.g. encoder=effnet_sbert) or set model.use_text=false"
             )
-        provenance = plain(provenance)
         self.save_hyperparameters()
         self.feature_dim = visual_dim + (text_dim if use_text else 0)
         self.user_emb = nn.Embedding(n_users, dim)  # p_u

@@ -151,7 +151,7 @@ def checkpoint_dataset(ckpt_path: Path | str, prepared_dir: Path | str) -> Prepa
 
 def build_from_checkpoint(ckpt: dict[str, Any], path: Path | str) -> NeuralRecommender:
     """The model a checkpoint holds, weights loaded, before any data is attached."""
-    from multirec.models.neural import MODELS
+    from multirec.models.catalog import MODELS
 
     name = ckpt.get("multirec_model")
     if name not in MODELS:
