@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
+
+from omegaconf import OmegaConf
 
 from multirec.errors import MultirecError
 
 T = TypeVar("T")
 log = logging.getLogger("multirec")
+
+# run folders are named by start time and process id (``${now:...}_${pid:}``): two runs
+# started in the same second never share a folder, so neither overwrites the other's files
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 
 
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -44,10 +44,12 @@ def run(cfg: DictConfig) -> pl.DataFrame:
             raise ConfigError(
                 f"{key}= is required, e.g. python -m multirec.recommend ckpt_path=.../best.ckpt user=u123"
             )
+    if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k < 1:
+        raise ConfigError(f"k must be a whole number >= 1, got {cfg.k!r}")
     ds = checkpoint_dataset(cfg.ckpt_path, cfg.paths.prepared_dir)
     user_index(ds, str(cfg.user))  # an unknown user fails before the model is built
     model = load_checkpoint(cfg.ckpt_path, ds, cfg.paths.cache_dir, cfg.device)
-    recs = recommend(model, ds, str(cfg.user), int(cfg.k), include_cold=bool(cfg.include_cold))
+    recs = recommend(model, ds, str(cfg.user), cfg.k, include_cold=bool(cfg.include_cold))
     out = Path(cfg.paths.output_dir) / "recommendations.csv"
     atomic_write_bytes(out, recs.write_csv().encode())
     cold = (

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from multirec.cli import user_errors
 from multirec.config import build
@@ -28,6 +28,8 @@ from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
 from multirec.models.neural import build_model, dataset_sizes
 from multirec.pipeline.checkpoints import check_resume, read_weights
+from multirec.pipeline.resume import run_dir_of
+from multirec.pipeline.settings import check_settings
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,11 @@ def check_launch(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the run's provenance and metrics."""
+    check_settings(cfg)
+    if cfg.ckpt_path and (previous := run_dir_of(cfg.ckpt_path)) is not None:
+        with open_dict(cfg):  # a resumed run continues in its own directory
+            cfg.paths.output_dir = str(previous)
+        log.info("resuming %s: the run continues in %s", cfg.ckpt_path, previous)
     out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
     items, caches = build_item_inputs(

@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import multirec.cli  # noqa: F401  (registers the ${pid:} resolver the run folders use)
+
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
 from multirec.data.dataset import PreparedDataset
 from multirec.data.negatives import NegativeSampler
+from multirec.errors import ConfigError
 
 
 def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
@@ -42,12 +42,20 @@ def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list
     return bounds
 
 
-class EpochBatches(IterableDataset):
+class EpochBatches:
     """Shuffled (user, positive, negatives) batches; negatives resampled each epoch; under
-    DDP each process yields its share of every global batch (:func:`shard_bounds`)."""
+    DDP each process yields its share of every global batch (:func:`shard_bounds`).
+
+    Resumable mid-epoch (Lightning saves :meth:`state_dict` in checkpoints): a resumed run
+    skips the batches of the interrupted epoch that were already trained on, so it sees
+    exactly the batches the uninterrupted run would have.
+    """
 
     def __init__(self, dm: RecDataModule) -> None:
         self.dm = dm
+        self.epoch = -1
+        self.taken = 0  # batches of `epoch` handed to the training loop
+        self.resume: dict[str, int] | None = None
 
     def _bounds(self) -> list[tuple[int, int]]:
         trainer = self.dm.trainer
@@ -57,17 +65,49 @@ class EpochBatches(IterableDataset):
     def __len__(self) -> int:
         return len(self._bounds())
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume = dict(state)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         dm = self.dm
         epoch = dm.current_epoch()
+        start = 0
+        if self.resume is not None and self.resume["epoch"] == epoch:
+            start = self.resume["taken"]
+        self.resume = None
+        self.epoch, self.taken = epoch, start
         train = dm.dataset.train
         neg = dm.sampler.sample(train.users, train.items, epoch=epoch)
         order = np.random.default_rng([dm.seed, epoch, 1]).permutation(len(train))
         users = torch.from_numpy(train.users[order])
         pos = torch.from_numpy(train.items[order])
         negs = torch.from_numpy(np.ascontiguousarray(neg[order]))
-        for s, e in self._bounds():
+        for s, e in self._bounds()[start:]:
+            self.taken += 1
             yield users[s:e], pos[s:e], negs[s:e]
+
+
+MAX_NEGATIVES_BYTES = 2 << 30  # one epoch's drawn negatives held in memory at once
+
+
+def check_batches(dataset: PreparedDataset, batch_size: int, num_negatives: int) -> None:
+    """Refuse batch settings the data cannot serve, before any work starts."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"datamodule.batch_size must be a whole number >= 1, got {batch_size!r}")
+    if not isinstance(num_negatives, int) or not 1 <= num_negatives < dataset.n_items:
+        raise ConfigError(
+            f"datamodule.num_negatives must be a whole number from 1 to {dataset.n_items - 1} "
+            f"(the catalogue has {dataset.n_items} items), got {num_negatives!r}"
+        )
+    need = len(dataset.train) * num_negatives * 8
+    if need > MAX_NEGATIVES_BYTES:
+        raise ConfigError(
+            f"datamodule.num_negatives={num_negatives} would hold {need / 2**30:.1f} GiB of "
+            f"negatives per epoch ({len(dataset.train)} training positives); lower it"
+        )
 
 
 class RecDataModule(L.LightningDataModule):
@@ -84,6 +124,7 @@ class RecDataModule(L.LightningDataModule):
         item_features: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        check_batches(dataset, batch_size, num_negatives)
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_negatives = num_negatives
@@ -95,9 +136,10 @@ class RecDataModule(L.LightningDataModule):
             seed,
             item_features=item_features,
         )
+        self.batches = EpochBatches(self)
 
     def current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(EpochBatches(self), batch_size=None)
+    def train_dataloader(self) -> EpochBatches:
+        return self.batches
