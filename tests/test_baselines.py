@@ -1,4 +1,5 @@
-"""Baselines: correct against hand/dense computations, training-only popularity, one interface."""
+"""Baselines: correct against hand and brute-force computations, training-only popularity,
+one interface."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from multirec.baselines.bprmf import BPRMF
 from multirec.baselines.knn import ItemKNN, UserKNN, topk_cosine
@@ -27,12 +31,15 @@ ALL = [
     RandomRecommender(seed=1),
     MostPopular(),
     ItemKNN(k=20),
+    ItemKNN(k=20, neighbourhood="history"),
     UserKNN(k=20),
     BPRMF(factors=8, epochs=3, batch_size=512),
 ]
 
 
-@pytest.mark.parametrize("model", ALL, ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "model", ALL, ids=["random", "mostpop", "itemknn-target", "itemknn-history", "userknn", "bprmf"]
+)
 def test_score_agrees_with_score_all_and_recommend_excludes_seen(model, ds):
     model.fit(ds)
     users = torch.tensor([0, 5, 5, 17])
@@ -107,6 +114,95 @@ def test_knn_scores_match_the_dense_formulas(ds):
     np.testing.assert_allclose(
         user.score_all(users).numpy(), user.sim.toarray()[:30] @ x, rtol=1e-5
     )
+
+
+class TrainOnly:
+    """What the neighbourhood models read from a dataset: a training matrix and its identity."""
+
+    fingerprint = "train-only"
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = sp.csr_matrix(x.astype(np.float32))
+        self.n_users, self.n_items = x.shape
+
+    def interaction_matrix(self, *splits: str) -> sp.csr_matrix:
+        return self.x
+
+
+def brute_similarities(sets: list[set[int]], shrink: float) -> dict[tuple[int, int], np.float32]:
+    """Shrunk cosine of every pair of distinct rows sharing something, pair by pair.
+
+    In float32 like the model, so that exactly tied similarities stay tied and the
+    neighbour choice (ties to the lower index) can be compared exactly.
+    """
+    norm = [np.sqrt(np.float32(len(s))) for s in sets]
+    return {
+        (a, b): np.float32(len(sets[a] & sets[b])) / (norm[a] * norm[b] + np.float32(shrink))
+        for a in range(len(sets))
+        for b in range(len(sets))
+        if a != b and sets[a] & sets[b]
+    }
+
+
+def brute_neighbours(sim: dict, n: int, k: int) -> list[set[int]]:
+    """Each row's ``k`` most similar rows, ties to the lower index."""
+    ranked = [sorted((-float(v), b) for (a, b), v in sim.items() if a == r) for r in range(n)]
+    return [{b for _, b in row[:k]} for row in ranked]
+
+
+def brute_knn_scores(x: np.ndarray, k: int, shrink: float, form: str) -> np.ndarray:
+    """score(u, i) by plain loops over users and items, straight from the definitions."""
+    n_users, n_items = x.shape
+    history = [set(np.flatnonzero(x[u]).tolist()) for u in range(n_users)]
+    if form == "user":
+        sim = brute_similarities(history, shrink)
+        near = brute_neighbours(sim, n_users, k)
+    else:
+        sim = brute_similarities(
+            [set(np.flatnonzero(x[:, i]).tolist()) for i in range(n_items)], shrink
+        )
+        near = brute_neighbours(sim, n_items, k)
+    out = np.zeros((n_users, n_items))
+    for u in range(n_users):
+        for i in range(n_items):
+            if form == "target":  # the scored item's neighbours that the user has
+                out[u, i] = sum(sim[i, j] for j in near[i] if j in history[u])
+            elif form == "history":  # the user's items that have the scored item as neighbour
+                out[u, i] = sum(sim[j, i] for j in history[u] if i in near[j])
+            else:  # the user's neighbours who have the item
+                out[u, i] = sum(sim[u, v] for v in near[u] if i in history[v])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=st.tuples(st.integers(1, 9), st.integers(1, 9)).flatmap(
+        lambda shape: arrays(np.bool_, shape)
+    ),
+    k=st.integers(1, 5),
+    shrink=st.sampled_from([0.0, 0.5, 3.0]),
+    form=st.sampled_from(["target", "history", "user"]),
+)
+def test_knn_scores_equal_a_brute_force_per_user_reference(x, k, shrink, form):
+    if form == "user":
+        model = UserKNN(k=k, shrink=shrink, block=4)
+    else:
+        model = ItemKNN(k=k, shrink=shrink, block=4, neighbourhood=form)
+    model.fit(TrainOnly(x))
+    got = model.score_all(torch.arange(x.shape[0])).numpy()
+    np.testing.assert_allclose(got, brute_knn_scores(x, k, shrink, form), rtol=1e-5, atol=1e-6)
+
+
+def test_itemknn_forms_differ_on_whose_neighbours_count():
+    # items 0, 1, 2; item 0's nearest item is 1, but item 1's nearest is 2 (k = 1)
+    x = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 1], [1, 0, 0]], dtype=np.float32)
+    user3 = torch.tensor([3])  # has only item 0
+    target = ItemKNN(k=1, shrink=0.0).fit(TrainOnly(x)).score_all(user3)
+    history = ItemKNN(k=1, shrink=0.0, neighbourhood="history").fit(TrainOnly(x)).score_all(user3)
+    assert float(target[0, 1]) == 0.0  # 0 is not among item 1's neighbours
+    assert float(history[0, 1]) == pytest.approx(1 / np.sqrt(2 * 3))  # 1 is item 0's neighbour
+    with pytest.raises(ConfigError, match="neighbourhood 'both' unknown"):
+        ItemKNN(neighbourhood="both")
 
 
 def test_bprmf_learns_and_is_deterministic(ds):
