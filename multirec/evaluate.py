@@ -20,6 +20,7 @@ from multirec.data.pipeline import ensure_prepared
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.evaluator import evaluate, tag_features, write_results
 from multirec.eval.table import format_tables
+from multirec.eval.validation import full_ranking_validation
 from multirec.models.base import Recommender
 
 
@@ -30,7 +31,7 @@ def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
         from multirec.models.loading import load_checkpoint
 
         return load_checkpoint(cfg.ckpt_path, dataset, cfg.paths.cache_dir, device=cfg.device)
-    return instantiate(cfg.baseline).fit(dataset)
+    return instantiate(cfg.baseline).fit(dataset, full_ranking_validation(dataset))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
