@@ -215,7 +215,7 @@ class BPRMF(Recommender):
 
     def _publish(self, p: torch.Tensor, q: torch.Tensor) -> None:
         """Make factors ``p`` and item table ``q`` (bias last) the ones that score."""
-        self.user_factors = p.clone()
+        self.user_factors = p
         self.item_factors = q[:, :-1].contiguous()
         self.item_bias = q[:, -1].contiguous()
 
