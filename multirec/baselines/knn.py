@@ -21,8 +21,8 @@ Scores, with ``H(u)`` the user's training items and ``X`` the binary training ma
 * UserKNN: ``score(u, i) = sum_{v in N_k(u)} sim(u, v) * X[v, i]`` -- ``S[u] @ X``.
 
 The two ItemKNN forms differ because ``S`` is not symmetric once truncated to ``k`` per row:
-a popular item is among the neighbours of many items (history form), yet keeps only its own
-``k`` neighbours (target form).
+in the history form a popular item, among the ``k`` nearest of many items, collects votes
+from all of them; in the target form every item is scored from its own ``k`` nearest only.
 
 Similarities are computed block by block (``block`` rows at a time, top-k kept at once), so
 memory stays bounded at Pixel1M size. Scoring is one sparse product per batch of users;
