@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint sample-data bench baselines sweep ablation fusion table recommend clean
+.PHONY: help setup train test lint sample-data bench baselines tune sweep ablation fusion table recommend clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ train: $(STAMP) ## the main job: sample -> prepare -> extract -> train -> test (
 
 baselines: $(STAMP) ## every baseline under both protocols on the default data, one table
 	$(PY) -m multirec.evaluate -m baseline=random,mostpop,itemknn,userknn,bprmf protocol=sampled,full $(ARGS)
+
+tune: $(STAMP) ## every model and baseline: one Optuna budget on validation, best x 3 seeds tested, tuned table
+	$(PY) -m multirec.tune $(ARGS)
 
 sweep: $(STAMP) ## the paper's six encoder pairs x 3 seeds (needs the hub models or local paths)
 	$(PY) -m multirec.train experiment=paper_encoders $(ARGS)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from multirec.cli import user_errors
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
+from multirec.errors import ConfigError
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.evaluator import evaluate, write_results
 from multirec.eval.table import format_tables
@@ -68,8 +69,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @user_errors
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    # set by experiment=tune only: the value its sweeper maximises
+    if "optimized_metric" not in cfg:
+        return None
+    if cfg.optimized_metric not in metrics:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} is not among this evaluation's results: "
+            "tune with split=valid and the protocol it names (e.g. protocol=full)"
+        )
+    return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

@@ -31,15 +31,14 @@ METRICS = [m for _, m in T.COLUMNS]
 
 def _lists(protocol: str, values: np.ndarray, shift: int = 0) -> pl.DataFrame:
     """Per-list results keyed like the evaluator's: (user, positive) for sampled, user for full."""
+    metrics = {"ndcg@10": values, "ndcg@20": values + 0.05}
     if protocol == "full":
-        return pl.DataFrame(
-            {"user_id": [f"u{i + shift}" for i in range(len(values))], "ndcg@10": values}
-        )
+        return pl.DataFrame({"user_id": [f"u{i + shift}" for i in range(len(values))], **metrics})
     return pl.DataFrame(
         {
             "user_id": [f"u{i // 2 + shift}" for i in range(len(values))],
             "item_id": [f"i{i}" for i in range(len(values))],
-            "ndcg@10": values,
+            **metrics,
         }
     )
 
@@ -64,9 +63,12 @@ def model_run(
     checkpoint: Path | None = None,
     nested: bool = False,
     composed: dict | None = None,
+    model: tuple[str, str] = ("multimodal", "MultimodalRecommender"),
+    tuning: dict | None = None,
 ) -> Path:
     """A training run as multirec.train writes it: flat metrics.json + evaluation.json with the
-    run record (``nested``: the record itself in metrics.json, metrics nested)."""
+    run record (``nested``: the record itself in metrics.json, metrics nested); ``model`` is
+    the (choice, name) of the model, ``tuning`` what multirec.tune wrote beside the run."""
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     metrics: dict[str, float] = {}
@@ -77,7 +79,7 @@ def model_run(
     visual, _, text = encoder.partition("_")
     record = {
         "kind": "model",
-        "model": "MultimodalRecommender",
+        "model": model[1],
         "seed": seed,
         "task_name": "paper_encoders",
         "dataset": {"fingerprint": dataset, "root": "/nowhere"},
@@ -88,6 +90,7 @@ def model_run(
             "encoder/text": text,
             "fusion": fusion,
             "loss": "bce",
+            "model": model[0],
             "data": "sample",
             "logger": "csv",
             "experiment": "paper_encoders",
@@ -108,6 +111,8 @@ def model_run(
     )
     if composed is not None:
         (d / ".hydra" / "config.yaml").write_text(json.dumps(composed))  # JSON is YAML
+    if tuning is not None:
+        (d / "tuning.json").write_text(json.dumps(tuning))
     return d
 
 
@@ -121,9 +126,13 @@ def baseline_run(
     seed: int = 0,
     dataset: str = FP,
     lists: np.ndarray | None = None,
+    k: int = 100,
+    tuning: dict | None = None,
 ) -> Path:
     d = root / name
     d.mkdir(parents=True)
+    if tuning is not None:
+        (d / "tuning.json").write_text(json.dumps(tuning))
     metrics = _metrics("test", protocol, level)
     _lists(protocol, lists if lists is not None else np.full(N_LISTS, level)).write_parquet(
         d / f"lists-test-{protocol}.parquet"
@@ -136,7 +145,7 @@ def baseline_run(
                 "metrics": metrics,
                 "split": "test",
                 "lists": [f"lists-test-{protocol}.parquet"],
-                "source": {"baseline": {"_target_": f"x.{model}", "seed": seed, "k": 100}},
+                "source": {"baseline": {"_target_": f"x.{model}", "seed": seed, "k": k}},
                 "protocol": {
                     "_target_": "multirec.eval.protocols.SampledProtocol",
                     "num_negatives": 20,
@@ -261,6 +270,91 @@ def test_significance_best_model_vs_strongest_baseline(paper_runs, tmp_path):
     assert test["ci_low"] < test["diff"] < test["ci_high"]
     assert "Wilcoxon signed-rank p" in (out / "table2-test-sampled.md").read_text()
     assert isinstance(report.tests["test/full"], str)  # no model under the full protocol
+
+
+TUNING = {
+    "name": "lightgcn",
+    "group": "model",
+    "trials": 20,
+    "sampler": "TPESampler",
+    "sampler_seed": 0,
+    "metric": "valid/full/ndcg@10",
+    "seeds": [1, 2, 3],
+    "space": {"model.lr": "tag(log, interval(0.0001, 0.01))", "model.dim": "choice(32, 64)"},
+    "best_params": {"model.lr": 0.0042, "model.dim": 64},
+    "best_value": 0.1234,
+}
+
+
+def test_every_kind_of_model_tuned_marks_and_the_strongest_competitor(tmp_path):
+    """Baselines, the field's models (by name) and multirec's (by encoder pair) in one table
+    at K = 10 and 20; tuned rows marked with their budget stated; multirec's best model tested
+    against the strongest of all the others, a field model here, at both K."""
+    root = tmp_path / "runs"
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.3, N_LISTS)
+    knn = TUNING | {"name": "itemknn", "group": "baseline", "best_params": {"baseline.k": 57}}
+    for p in ("sampled", "full"):
+        baseline_run(root, f"pop-{p}", "MostPopular", p, 0.30, lists=base)
+        baseline_run(root, f"knn-{p}", "ItemKNN", p, 0.35, lists=base + 0.02, k=57, tuning=knn)
+    for seed in (1, 2, 3):
+        for name, level, model, tuning in (
+            ("lightgcn", 0.40, ("lightgcn", "LightGCN"), TUNING),
+            ("ours", 0.42, ("multimodal", "MultimodalRecommender"), None),
+        ):
+            model_run(
+                root,
+                f"{name}-{seed}",
+                "effnet_sbert",
+                seed,
+                level + 0.01 * seed,
+                protocols=("sampled", "full"),
+                lists=base + level - 0.3 + rng.normal(0, 0.01, N_LISTS),
+                model=model,
+                tuning=tuning,
+            )
+    model_run(root, "vbpr", "effnet_sbert", 1, 0.2, model=("vbpr", "VBPR"))  # sampled only
+    out = tmp_path / "report"
+    report = build_report(root, out, prepared_dir=tmp_path / "none", cache_dir=tmp_path / "c")
+
+    md = (out / "table2-test-full.md").read_text()
+    labels = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert labels == [
+        "*Baselines*",
+        "MostPopular",
+        "ItemKNN\u2021",
+        "*Field models*",
+        "LightGCN\u2021",
+        "*Multimodal models*",
+        "EffNet+SBERT",
+    ]
+    assert "| R@10 | NDCG@10 | R@20 | NDCG@20 |" in md
+    assert (
+        "\u2021 tuned by multirec.tune: 20 trials of Optuna's TPESampler (seed 0) over the space "
+        "its config declares, chosen on NDCG@10 of the valid split under the full protocol; "
+        "the chosen settings were tested once per seed"
+    ) in md
+    assert "rows without \u2021 ran with their configured settings" in md
+    assert "VBPR" in (out / "table2-test-sampled.md").read_text()
+    assert not (out / "table3-test-full.md").exists()  # field models are no ablation
+    for suffix, metric in (("", "ndcg@10"), ("-ndcg@20", "ndcg@20")):
+        test = json.loads((out / f"significance-test-full{suffix}.json").read_text())
+        assert (test["a"], test["b"], test["metric"]) == ("EffNet+SBERT", "LightGCN", metric)
+        assert test["n_lists"] == N_LISTS and test["diff"] > 0
+    assert report.tests["test/full/ndcg@20"]["b"] == "LightGCN"
+    rows = list(csv.DictReader(io.StringIO((out / "table2-test-full.csv").read_text())))
+    assert {r["method"]: r["tuned"] for r in rows} == {
+        "MostPopular": "false",
+        "ItemKNN\u2021": "true",
+        "LightGCN\u2021": "true",
+        "EffNet+SBERT": "false",
+    }
+    assert r"LightGCN$^\ddagger$" in (out / "table2-test-full.tex").read_text()
+    page = (out / "report.md").read_text()
+    assert "## Tuning" in page and "| LightGCN | 20 | valid/full/ndcg@10 |" in page
+    assert "`model.lr=0.0042`, `model.dim=64`" in page and "`baseline.k=57`" in page
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["tuning"]["LightGCN"]["best_value"] == 0.1234
 
 
 def test_paired_test_refuses_different_lists_and_accepts_equal_models(tmp_path):

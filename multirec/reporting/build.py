@@ -7,7 +7,8 @@ an earlier report survives)::
     report.json                        machine-readable summary: files, tests, checkpoint, notes
     table2-{split}-{protocol}.{md,csv,tex}   one per protocol with results
     table3-{split}-{protocol}.{md,csv,tex}   the ablation, where ablation runs exist
-    significance-{split}-{protocol}.json     best model vs strongest baseline (paired)
+    significance-{split}-{protocol}.json     best multirec model vs its strongest competitor,
+                                             paired on per-list NDCG@10 (-ndcg@20.json: @20)
     metrics-{split}-{protocol}.png           metrics per encoder pair with error bars
     sampled-vs-full-{split}.png              runs with both protocols' results
     modality-weights.png, predictions.png    from a checkpoint (skipped with a note if none)
@@ -31,6 +32,9 @@ from multirec.reporting.runs import Entry, collect
 from multirec.reporting.significance import PairedTest, paired_test
 
 log = logging.getLogger(__name__)
+
+# (metric, file suffix) of the paired tests; NDCG@10 keeps the unsuffixed names
+TESTED = (("ndcg@10", ""), ("ndcg@20", "-ndcg@20"))
 
 
 @dataclass
@@ -130,14 +134,19 @@ def build_report(
         "",
     ]
     with atomic_dir(out) as tmp:
+        tuned: dict[str, dict] = {}
         for protocol in protocols:
             rows = T.aggregate(entries, split, protocol)
             page += _tables(tmp, report, rows, split, protocol, name)
+            for r in rows:
+                if r.tuning:
+                    tuned.setdefault(r.label, r.tuning)
         page += _sampled_vs_full(tmp, report, entries, split)
         if figures is not None:
             page += _checkpoint_figures(
                 tmp, report, entries, split, prepared_dir, cache_dir, figures
             )
+        page += _tuning_section(tuned)
         if report.notes:
             page += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
         _write(tmp, report, "report.md", "\n".join(page))
@@ -151,6 +160,7 @@ def build_report(
                 "split": split,
                 "files": sorted(report.files),
                 "significance": report.tests,
+                "tuning": tuned,
                 "checkpoint": report.checkpoint,
                 "notes": report.notes,
             },
@@ -175,16 +185,21 @@ def _tables(
     page = [f"## Protocol: {protocol}", ""]
     t2 = T.table2(rows, split, protocol, name)
     if t2 is not None:
-        test = _significance(t2, split, protocol)
-        key = f"{split}/{protocol}"
-        report.tests[key] = test.to_dict() if isinstance(test, PairedTest) else test
-        sentence = (
-            test.sentence() if isinstance(test, PairedTest) else f"No significance test: {test}."
-        )
-        if isinstance(test, PairedTest):
-            atomic_write_json(folder / f"significance-{split}-{protocol}.json", test.to_dict())
-            report.files.append(f"significance-{split}-{protocol}.json")
-        page += _table_files(folder, report, t2, [sentence])
+        sentences = []
+        for metric, suffix in TESTED:
+            test = _significance(t2, split, protocol, metric)
+            key = f"{split}/{protocol}" + (f"/{metric}" if suffix else "")
+            report.tests[key] = test.to_dict() if isinstance(test, PairedTest) else test
+            sentences.append(
+                test.sentence()
+                if isinstance(test, PairedTest)
+                else f"No significance test on {metric}: {test}."
+            )
+            if isinstance(test, PairedTest):
+                file = f"significance-{split}-{protocol}{suffix}.json"
+                atomic_write_json(folder / file, test.to_dict())
+                report.files.append(file)
+        page += _table_files(folder, report, t2, sentences)
         page += [
             _png(folder, report, f"metrics-{split}-{protocol}.png", plots.metrics_figure(t2)),
             "",
@@ -203,17 +218,44 @@ def _table_files(folder: Path, report: Report, table: T.Table, extra: list[str])
     return [md]
 
 
-def _significance(table: T.Table, split: str, protocol: str) -> PairedTest | str:
-    """Best model (highest mean NDCG@10) against the strongest baseline, on per-list NDCG@10."""
+def _significance(table: T.Table, split: str, protocol: str, metric: str) -> PairedTest | str:
+    """The best multirec model against its strongest competitor (the best baseline or field
+    model), both by mean ``metric``, paired on per-list ``metric``; without a multirec model,
+    the best field model against the strongest baseline."""
 
-    def best(kind: str) -> T.Row | None:
-        rows = [r for r in table.rows if r.kind == kind]
-        return max(rows, key=lambda r: r.mean(T.KEY_METRIC), default=None)
+    def best(rows: list[T.Row]) -> T.Row | None:
+        return max(rows, key=lambda r: r.mean(metric), default=None)
 
-    model, baseline = best("model"), best("baseline")
-    if model is None or baseline is None:
-        return "the table needs at least one model and one baseline"
-    return paired_test(model, baseline, split, protocol, T.KEY_METRIC)
+    ours = [r for r in table.rows if r.kind == "model" and not r.field_model]
+    field = [r for r in table.rows if r.field_model]
+    baselines = [r for r in table.rows if r.kind == "baseline"]
+    model, rival = (best(ours), best(field + baselines)) if ours else (best(field), best(baselines))
+    if model is None or rival is None:
+        return "the table needs a model and a competitor (a baseline or a field model)"
+    return paired_test(model, rival, split, protocol, metric)
+
+
+def _tuning_section(tuned: dict[str, dict]) -> list[str]:
+    """What multirec.tune chose for each tuned row, with the budget it had."""
+    if not tuned:
+        return []
+    lines = [
+        "## Tuning",
+        "",
+        f"Rows marked {T.TUNED}: settings chosen by `multirec.tune` on the validation split only.",
+        "",
+        "| Row | Trials | Selected on | Chosen settings | Best validation value |",
+        "|---|---:|---|---|---:|",
+    ]
+    for label, t in tuned.items():
+        chosen = ", ".join(
+            f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+            for k, v in t["best_params"].items()
+        )
+        lines.append(
+            f"| {label} | {t['trials']} | {t['metric']} | {chosen} | {t['best_value']:.4f} |"
+        )
+    return [*lines, ""]
 
 
 def _sampled_vs_full(folder: Path, report: Report, entries: list[Entry], split: str) -> list[str]:
@@ -233,12 +275,14 @@ def _sampled_vs_full(folder: Path, report: Report, entries: list[Entry], split: 
 
 
 def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | None:
-    """Best model configuration by mean ``split`` NDCG@10; among its seeds, the best on validation."""
-    rows = [r for r in T.aggregate(entries, split, protocol) if r.kind == "model"]
+    """Best multirec model configuration by mean ``split`` NDCG@10; among its seeds, the best
+    on validation."""
     rows = [
         r
-        for r in rows
-        if any(e.checkpoint is not None and e.checkpoint.is_file() for e in r.entries)
+        for r in T.aggregate(entries, split, protocol)
+        if r.kind == "model"
+        and not r.field_model  # the figures look into multirec's fusion
+        and any(e.checkpoint is not None and e.checkpoint.is_file() for e in r.entries)
     ]
     if not rows:
         return None

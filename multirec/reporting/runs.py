@@ -16,6 +16,11 @@ Two kinds of run directory hold a ``metrics.json`` (flat metrics) next to an
   checkpoint is attached to the training run that produced it (say, the full-ranking
   scores of a model trained under the sampled protocol).
 
+A training run of multirec's own model (``model=multimodal``) is named by its encoder pair;
+one of the field's models (VBPR, LightGCN, FREEDOM, ...) by the model. A run whose settings
+``multirec.tune`` chose holds ``tuning.json`` (the budget, the space and the choice): it is
+a row of its own, marked as tuned.
+
 Per-list results (``lists-{split}-{protocol}.parquet``, written by the evaluator) are
 found next to either file. A training run also scores a few baselines on its test
 candidates (``comparison.json``, no per-list results); those fill in a baseline's row
@@ -41,12 +46,24 @@ import yaml
 RUN_FILE = "metrics.json"
 EVAL_FILE = "evaluation.json"
 COMPARISON_FILE = "comparison.json"
+TUNING_FILE = "tuning.json"
+MULTIREC_MODEL = "multimodal"  # the `model` choice of multirec's own recommender
 LIST_FILE = re.compile(r"lists-(?P<split>[a-z]+)-(?P<protocol>[a-z_]+)\.parquet")
 # Folders that never hold runs but may hold many files (covers, checkpoints, W&B stores).
 SKIP_DIRS = frozenset({"covers", "wandb", "checkpoints", "candidates", "csv"})
 # Choices and overrides that change how a run executes or logs, not what it computes.
-# (``baseline@compare.*`` are the baselines a training run prints beside the model.)
-INFRA_GROUPS = ("paths", "logger", "trainer", "callbacks", "experiment", "hydra", "baseline")
+# (``baseline@compare.*`` are the baselines a training run prints beside the model;
+# ``search`` is the space multirec.tune searches, which a model's config pulls in.)
+INFRA_GROUPS = (
+    "paths",
+    "logger",
+    "trainer",
+    "callbacks",
+    "experiment",
+    "hydra",
+    "baseline",
+    "search",
+)
 INFRA_KEYS = (
     "seed",
     "ckpt_path",
@@ -63,7 +80,7 @@ INFRA_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.", "experiment")
 # Settings of a saved composed config that do not change what a run computes. The data
 # settings are covered by the prepared dataset's fingerprint.
 INFRA_SETTINGS = re.compile(
-    r"^(paths|logger|hydra|compare|data|seed|task_name|ckpt_path|device|test|datamodule\.seed)(\.|$)"
+    r"^(paths|logger|hydra|compare|search|data|seed|task_name|ckpt_path|device|test|datamodule\.seed)(\.|$)"
     r"|^trainer\.(devices|accelerator|strategy|num_nodes|default_root_dir|enable_progress_bar|log_every_n_steps)$"
     r"|^callbacks\..*\.(dirpath|filename)$|^encoder\..*\.batch_size$"
 )
@@ -90,11 +107,22 @@ class Entry:
     settings: dict[str, str] = field(
         default_factory=dict
     )  # the rest of the composed config (identity only)
+    tuning: dict | None = None  # tuning.json of multirec.tune, when it chose the settings
 
     @property
     def config_key(self) -> tuple:
         """The configuration, seed excluded (rows of a table)."""
-        return (self.kind, tuple(sorted(self.config.items())), tuple(sorted(self.settings.items())))
+        return (
+            self.kind,
+            tuple(sorted(self.config.items())),
+            tuple(sorted(self.settings.items())),
+            self.tuning is not None,
+        )
+
+    @property
+    def field_model(self) -> bool:
+        """A model of the field (VBPR, LightGCN, ...), not multirec's own."""
+        return self.kind == "model" and self.config.get("model", MULTIREC_MODEL) != MULTIREC_MODEL
 
     @property
     def key(self) -> tuple:
@@ -192,6 +220,8 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
     dataset = data["dataset"]
     fp = str(dataset["fingerprint"] if isinstance(dataset, dict) else dataset)
     metrics = _floats(data["metrics"])
+    tuning_path = run_dir / TUNING_FILE
+    tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else None
     if data.get("kind") == "model":
         if data.get("optimized_metric") and data.get("best_valid") is not None:
             metrics.setdefault(str(data["optimized_metric"]), float(data["best_valid"]))
@@ -200,7 +230,7 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
         composed = yaml.safe_load(path.read_text()) if path.is_file() else None
         config = _model_config(choices, [] if composed else _overrides(run_dir))
         ckpt = data.get("best_checkpoint") or None
-        return Entry(
+        entry = Entry(
             kind="model",
             label=pair_label(config["encoder/visual"], config["encoder/text"]),
             config=config,
@@ -213,7 +243,9 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
             run_dirs=[run_dir],
             finished=finished,
             settings=_settings(composed) if composed else {},
+            tuning=tuning,
         )
+        return replace(entry, label=str(data["model"])) if entry.field_model else entry
     if "source" not in data:
         return None
     ev = data
@@ -229,6 +261,7 @@ def _read_run(run_dir: Path) -> Entry | tuple[Path, Entry] | None:
         protocols={k.split("/")[1]: protocol for k in metrics if k.count("/") == 2},
         run_dirs=[run_dir],
         finished=finished,
+        tuning=tuning,
     )
     source = ev["source"]
     if "ckpt_path" in source:

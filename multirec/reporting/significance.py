@@ -67,6 +67,8 @@ def per_list(row: Row, split: str, protocol: str, metric: str) -> pl.DataFrame |
         path = e.lists.get((split, protocol))
         if path is None:
             return f"{row.label} (seed {e.seed}) has no per-list results for {split}/{protocol}"
+        if metric not in pl.read_parquet_schema(path):
+            return f"{row.label} (seed {e.seed}) has no per-list {metric} for {split}/{protocol}"
         frames.append(pl.read_parquet(path, columns=[*keys, metric]))
     n = len(frames)
     if len({f.height for f in frames}) > 1:

@@ -1,10 +1,12 @@
-"""The paper's Table 2 (baselines, then multimodal models by encoder pair) and Table 3
-(ablation: full, text-only, visual-only), one table per split and protocol.
+"""The paper's Table 2 (baselines, the field's models, then multirec's multimodal models by
+encoder pair) and Table 3 (ablation: full, text-only, visual-only), one table per split and
+protocol, at K = 5, 10 and 20.
 
 Cells are mean ± sample standard deviation over seeds (no ± with a single seed; the
 ``Seeds`` column says how many). The best mean per column is bold (all rows tied with it
 at the printed precision). Every table names its protocol: sampled and full-ranking
-numbers are not comparable and may even order models differently.
+numbers are not comparable and may even order models differently. Rows whose settings
+``multirec.tune`` chose are marked, and the notes state the budget they were tuned with.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("NDCG@5", "ndcg@5"),
     ("R@10", "recall@10"),
     ("NDCG@10", "ndcg@10"),
+    ("R@20", "recall@20"),
+    ("NDCG@20", "ndcg@20"),
     ("MRR", "mrr@10"),
     ("Novelty", "novelty@10"),
 )
@@ -33,6 +37,7 @@ PROTOCOL_ORDER = ("sampled", "full", "cold_items")
 BASELINE_ORDER = ("Random", "MostPopular", "ItemKNN", "UserKNN", "BPR-MF")
 DIGITS = 4
 DIFFERENT_LISTS = "\u2020"  # dagger
+TUNED = "\u2021"  # double dagger
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,15 @@ class Row:
         cell = self.cells.get(metric)
         return cell.mean if cell is not None else math.nan
 
+    @property
+    def tuning(self) -> dict | None:
+        """What multirec.tune recorded (its seeds share it: tuning is part of the row's key)."""
+        return self.entries[0].tuning
+
+    @property
+    def field_model(self) -> bool:
+        return self.entries[0].field_model
+
 
 @dataclass
 class Section:
@@ -80,7 +94,8 @@ class Table:
     odd: set[int] = field(default_factory=set)  # ids of rows scored on other lists than the rest
 
     def label(self, row: Row) -> str:
-        return row.label + (DIFFERENT_LISTS if id(row) in self.odd else "")
+        marks = (DIFFERENT_LISTS if id(row) in self.odd else "") + (TUNED if row.tuning else "")
+        return row.label + marks
 
     @property
     def rows(self) -> list[Row]:
@@ -184,6 +199,11 @@ def _encoders(row: Row) -> tuple[str, str]:
     return row.entries[0].encoders
 
 
+def _multirec(rows: list[Row]) -> list[Row]:
+    """Rows of multirec's own model (named by encoder pair; the ablation is about them)."""
+    return [r for r in rows if r.kind == "model" and not r.field_model]
+
+
 def _baseline_order(row: Row) -> tuple:
     base = row.entries[0].label
     return (
@@ -234,24 +254,59 @@ def _caption(
         f"{what} on {dataset}, {split} split. Protocol: {protocol_description(every, protocol)}{lists}. "
         f"Mean \u00b1 std over seeds; best per column in bold."
     )
-    return caption, notes, {id(r) for r in odd}
+    return caption, notes + tuning_notes(rows), {id(r) for r in odd}
+
+
+def budget_text(tuning: dict) -> str:
+    """The budget a tuned row had, in words (from its ``tuning.json``)."""
+    split, protocol, metric = str(tuning["metric"]).split("/")
+    return (
+        f"{tuning['trials']} trials of Optuna's {tuning['sampler']} (seed {tuning['sampler_seed']}) "
+        f"over the space its config declares, chosen on {metric.upper()} of the {split} split "
+        f"under the {protocol} protocol; the chosen settings were tested once per seed"
+    )
+
+
+def tuning_notes(rows: list[Row]) -> list[str]:
+    """One note per tuning budget among ``rows`` (naming the rows if they had several)."""
+    budgets: dict[str, list[str]] = {}
+    for r in rows:
+        if r.tuning:
+            budgets.setdefault(budget_text(r.tuning), []).append(r.label)
+    if not budgets:
+        return []
+    notes = [
+        f"{TUNED} tuned by multirec.tune"
+        + (f" ({', '.join(labels)})" if len(budgets) > 1 else "")
+        + f": {text}"
+        for text, labels in budgets.items()
+    ]
+    return [*notes, f"rows without {TUNED} ran with their configured settings"]
 
 
 def table2(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
-    """Baselines, then models that use both a visual and a text encoder, by encoder pair."""
+    """Baselines, the field's models, then multirec's models that use both a visual and a
+    text encoder, by encoder pair."""
     baselines = sorted((r for r in rows if r.kind == "baseline"), key=_baseline_order)
+    field_models = sorted((r for r in rows if r.field_model), key=lambda r: r.label)
     models = sorted(
-        (r for r in rows if r.kind == "model" and "none" not in _encoders(r)), key=lambda r: r.label
+        (r for r in _multirec(rows) if "none" not in _encoders(r)), key=lambda r: r.label
     )
-    if not baselines and not models:
+    if not baselines and not field_models and not models:
         return None
     sections = [
-        Section(h, rs) for h, rs in (("Baselines", baselines), ("Multimodal models", models)) if rs
+        Section(h, rs)
+        for h, rs in (
+            ("Baselines", baselines),
+            ("Field models", field_models),
+            ("Multimodal models", models),
+        )
+        if rs
     ]
     caption, notes, odd = _caption(
-        "Top-k retrieval", baselines + models, rows, split, protocol, dataset
+        "Top-k retrieval", baselines + field_models + models, rows, split, protocol, dataset
     )
-    if any(r.kind == "model" and "none" in _encoders(r) for r in rows):
+    if any("none" in _encoders(r) for r in _multirec(rows)):
         notes.append("single-modality models are in the ablation table (Table 3)")
     return Table(
         f"table2-{split}-{protocol}", "Table 2", caption, split, protocol, sections, notes, odd
@@ -265,7 +320,7 @@ def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | 
     with V exists with otherwise equal settings; if some pairs have both variants, only
     those are shown (a text-only run would otherwise join every pair using its encoder).
     """
-    models = [r for r in rows if r.kind == "model"]
+    models = _multirec(rows)
     single = {(_encoders(r), _rest(r)): r for r in models if "none" in _encoders(r)}
     groups = []
     for full in sorted((r for r in models if "none" not in _encoders(r)), key=lambda r: r.label):
@@ -346,6 +401,7 @@ def to_csv(table: Table) -> str:
                 "kind": r.kind,
                 "split": table.split,
                 "protocol": table.protocol,
+                "tuned": r.tuning is not None,
                 "n_seeds": len(r.entries),
                 "seeds": " ".join(map(str, r.seeds)),
                 "n_lists": r.n_lists,
@@ -373,6 +429,7 @@ _LATEX_ESCAPES = {
     "^": r"\textasciicircum{}",
     "\u00b1": r"$\pm$",
     DIFFERENT_LISTS: r"$^\dagger$",
+    TUNED: r"$^\ddagger$",
     "\u2013": "--",
 }
 
