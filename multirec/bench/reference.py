@@ -363,22 +363,10 @@ def tune(kind: str, grid: list[dict]) -> dict:
     return {"grid": scores, "picked": best["settings"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help="(internal) JSON spec of one run; prints its result")
-    parser.add_argument("--tune", help="(internal) model kind to tune on its grid")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
-        return
-    if args.tune:
-        print(json.dumps(tune(args.tune, GRIDS[args.tune])))
-        return
-    ds = prepare_movielens()
-    t0 = time.perf_counter()
-    tuning = {kind: in_subprocess(MODULE, "--tune", kind) for kind in GRIDS}
+def comparisons(tuning: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
+    """(ours, reference) run specs of every comparison, BPR settings as each was tuned."""
     ours_bpr = {"model": "ours-bprmf", "settings": tuning["ours-bprmf"]["picked"]}
-    pairs = {
+    return {
         "itemknn_target_vs_recbole": (
             {"model": "ours-itemknn", "settings": {"k": K, "shrink": 0.0}},
             {"model": "recbole-knn", "settings": {"method": "item", "k": K, "shrink": 0.0}},
@@ -404,6 +392,23 @@ def main() -> None:
             {"model": "implicit-bpr", "settings": tuning["implicit-bpr"]["picked"]},
         ),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", help="(internal) JSON spec of one run; prints its result")
+    parser.add_argument("--tune", help="(internal) model kind to tune on its grid")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.tune:
+        print(json.dumps(tune(args.tune, GRIDS[args.tune])))
+        return
+    ds = prepare_movielens()
+    t0 = time.perf_counter()
+    tuning = {kind: in_subprocess(MODULE, "--tune", kind) for kind in GRIDS}
+    pairs = comparisons(tuning)
     runs: dict[str, dict] = {}  # spec (JSON) -> its run, so a shared side runs once
 
     def run(spec: dict) -> dict:
