@@ -8,6 +8,10 @@ write ``metrics.json`` into the run directory and return the metric a sweeper op
 
 from __future__ import annotations
 
+# first: it sets OpenMP's environment, which torch reads once when the imports below load it
+from multirec.runtime import apply_thread_policy
+
+# isort: split
 import logging
 from pathlib import Path
 from typing import Any
@@ -146,6 +150,7 @@ def main(cfg: DictConfig) -> float | None:
         raise ConfigError(
             "optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10"
         )
+    apply_thread_policy(cfg.threads, cfg.device)
     check_launch(cfg)
     result = train(cfg)
     print_summary(result)
