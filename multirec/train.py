@@ -33,6 +33,7 @@ from multirec.io import atomic_write_json
 from multirec.models.neural import dataset_sizes
 from multirec.pipeline.checkpoints import check_resume, read_checkpoint
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
+from multirec.runtime.estimates import check_step_times
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
+    check_step_times(model, datamodule, evaluation, cfg.test, cfg.long_step_hours, cfg.allow_long)
     # evaluation first: checkpointing and early stopping monitor the metrics it logs
     callbacks = [evaluation, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
