@@ -49,6 +49,9 @@ from multirec.features.cache import (
 )
 from multirec.features.encoders.base import Encoder, Preprocessing
 from multirec.io import fingerprint
+from multirec.runtime import current_policy, model_threads
+from multirec.runtime.estimates import format_duration
+from multirec.runtime.inference import channels_last, inference_ready, keep_freed_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -223,9 +226,14 @@ def item_loader(
     dataset: PreparedDataset,
     chunks: Sequence[tuple[int, int]],
     dev: torch.device,
-    num_workers: int,
+    num_workers: int | None,
 ) -> DataLoader:
-    """Batches ``(positions, status, model inputs or None)`` of the items in ``chunks``, in plan order."""
+    """Batches ``(positions, status, model inputs or None)`` of the items in ``chunks``, in plan order.
+
+    ``num_workers`` None: the thread policy's (:mod:`multirec.runtime`).
+    """
+    if num_workers is None:
+        num_workers = current_policy().workers
     inputs = encoder.item_inputs(dataset)
     return DataLoader(
         _Items(inputs, pre.load_item),
@@ -258,7 +266,7 @@ def ensure_cache(
     cache_dir: Path,
     *,
     device: str = "cpu",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = True,
     rebuild: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -269,6 +277,7 @@ def ensure_cache(
     same fingerprints is reused (logged as ``cache hit``); an unfinished one resumes; a
     corrupt file, or one under this name built from other inputs, is refused unless
     ``rebuild``. Under torch.distributed every rank must call this; items are sharded.
+    ``num_workers`` None: as many DataLoader workers as the thread policy gives.
     """
     encoder = instantiate_encoder(encoder_cfg)
     if encoder is None:
@@ -364,7 +373,7 @@ def _build(
     encoder_fp: str,
     final: Path,
     dev: torch.device,
-    num_workers: int,
+    num_workers: int | None,
     progress: bool,
     chunk_rows: int,
 ) -> None:
@@ -480,14 +489,64 @@ def _run(
     chunks: list[tuple[int, int]],
     writer: ShardWriter,
     dev: torch.device,
-    num_workers: int,
+    num_workers: int | None,
     progress: bool,
     total: int,
 ) -> None:
-    """Encode ``chunks`` (consecutive item ranges) and commit each one as it completes."""
+    """Encode ``chunks`` (consecutive item ranges) and commit each one as it completes.
+
+    The model runs folded and channels-last, with the intra-op threads the thread policy
+    gives it beside the DataLoader workers (:mod:`multirec.runtime`).
+    """
     if not chunks:
         return
     loader = item_loader(encoder, pre, dataset, chunks, dev, num_workers)
+    n = sum(b - a for a, b in chunks)
+    with model_threads(loader.num_workers), keep_freed_memory():
+        net = inference_ready(net, to_device(pre.collate([pre.probe]), dev), dev)
+        size = min(encoder.batch_size, n)
+        _log_estimate(encoder, net, to_device(pre.collate([pre.probe] * size), dev), size, dev, n)
+        _encode(encoder, net, loader, chunks, writer, dev, progress, total)
+
+
+def _log_estimate(
+    encoder: Encoder, net: torch.nn.Module, probe: Any, size: int, dev: torch.device, n: int
+) -> None:
+    """Time a batch of ``size`` probe inputs and log what that implies for ``n`` items: a
+    lower bound (real texts may be longer; decoding is meant to hide behind the model)."""
+    with torch.inference_mode(), autocast(dev):
+        net(channels_last(probe))  # first call: kernels chosen, weights reordered
+        t0 = time.perf_counter()
+        net(channels_last(probe))
+        _sync(dev)
+    rate = size / max(time.perf_counter() - t0, 1e-9)
+    log.info(
+        "%s %s: %d items; the model alone runs %.1f items/s on %d threads here, so at least %s",
+        encoder.modality,
+        encoder.name,
+        n,
+        rate,
+        torch.get_num_threads(),
+        format_duration(n / rate),
+    )
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _encode(
+    encoder: Encoder,
+    net: torch.nn.Module,
+    loader: DataLoader,
+    chunks: list[tuple[int, int]],
+    writer: ShardWriter,
+    dev: torch.device,
+    progress: bool,
+    total: int,
+) -> None:
+    """The forward loop: every batch through the model, each chunk committed when full."""
     bar = tqdm(
         total=total,
         initial=total - sum(b - a for a, b in chunks),
@@ -506,7 +565,7 @@ def _run(
             pos = positions.numpy() - a
             st = batch_status.numpy()
             if x is not None:
-                feats[pos[st == OK]] = net(to_device(x, dev)).float().cpu().numpy()
+                feats[pos[st == OK]] = net(channels_last(to_device(x, dev))).float().cpu().numpy()
             status[pos] = st
             filled += len(pos)
             bar.update(len(pos))
