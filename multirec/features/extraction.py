@@ -501,33 +501,43 @@ def _run(
     if not chunks:
         return
     loader = item_loader(encoder, pre, dataset, chunks, dev, num_workers)
-    n = sum(b - a for a, b in chunks)
     with model_threads(loader.num_workers), keep_freed_memory():
         net = inference_ready(net, to_device(pre.collate([pre.probe]), dev), dev)
-        size = min(encoder.batch_size, n)
-        _log_estimate(encoder, net, to_device(pre.collate([pre.probe] * size), dev), size, dev, n)
+        _log_estimate(encoder, pre, net, dataset, chunks, dev)
         _encode(encoder, net, loader, chunks, writer, dev, progress, total)
 
 
 def _log_estimate(
-    encoder: Encoder, net: torch.nn.Module, probe: Any, size: int, dev: torch.device, n: int
+    encoder: Encoder,
+    pre: Preprocessing,
+    net: torch.nn.Module,
+    dataset: PreparedDataset,
+    chunks: list[tuple[int, int]],
+    dev: torch.device,
 ) -> None:
-    """Time a batch of ``size`` probe inputs and log what that implies for ``n`` items: a
-    lower bound (real texts may be longer; decoding is meant to hide behind the model)."""
+    """Time the model on one batch of real inputs spread over ``chunks`` and log how long
+    the chunks will take at that rate (decoding is meant to hide behind the model)."""
+    inputs = encoder.item_inputs(dataset)
+    todo = np.concatenate([np.arange(a, b) for a, b in chunks])
+    picks = todo[np.linspace(0, len(todo) - 1, min(encoder.batch_size, len(todo))).astype(int)]
+    valid = [x for x, st in map(pre.load_item, (inputs[i] for i in picks)) if st == OK]
+    if not valid:
+        return
+    batch = channels_last(to_device(pre.collate(valid), dev))
     with torch.inference_mode(), autocast(dev):
-        net(channels_last(probe))  # first call: kernels chosen, weights reordered
+        net(batch)  # first call: kernels chosen, weights reordered
         t0 = time.perf_counter()
-        net(channels_last(probe))
+        net(batch)
         _sync(dev)
-    rate = size / max(time.perf_counter() - t0, 1e-9)
+    rate = len(valid) / max(time.perf_counter() - t0, 1e-9)
     log.info(
-        "%s %s: %d items; the model alone runs %.1f items/s on %d threads here, so at least %s",
+        "%s %s: %d items; the model alone runs %.1f items/s on %d threads here, so about %s",
         encoder.modality,
         encoder.name,
-        n,
+        len(todo),
         rate,
         torch.get_num_threads(),
-        format_duration(n / rate),
+        format_duration(len(todo) / rate),
     )
 
 
