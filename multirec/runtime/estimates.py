@@ -8,9 +8,9 @@ full-ranking evaluation will take; a full-ranking evaluation estimated above
 ``long_step_hours`` stops the run with one line naming the setting that shortens it (the
 protocol's ``user_fraction``) and the one that runs it anyway (``allow_long=true``).
 
-The measurements are made on a copy of nothing and leave no trace: the model is put back
-in its mode, its gradients are cleared, and torch's random state is restored, so a run
-with a given seed trains exactly as it would without them.
+The measurements leave no trace: the model is put back in its mode, its gradients are
+cleared and torch's random state is restored, so a run with a given seed trains exactly
+as it would without them.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from multirec.eval.protocols import FullRankingTargets, Protocol
 
 log = logging.getLogger(__name__)
 
-PROBE_USERS = 64  # users scored against the same candidates in the scoring probe
-PROBE_ITEMS = 2048  # candidates per probe user: item-side work is shared as in full ranking
+PROBE_SCORES = 1 << 16  # scores per timed probe call: a second or two at PixelRec50K scale
+FULL_PROBE_ITEMS = 2048  # catalogue items every full-ranking probe user is scored against
 
 
 def format_duration(seconds: float) -> str:
@@ -67,15 +67,27 @@ class Estimate:
         )
 
 
-def scoring_rate(model: Any, users: Any, n_items: int) -> float:
-    """Scores per second of ``model.score`` with several users sharing the same candidates,
-    so item-side work is shared as it is when a whole catalogue is ranked."""
-    users = torch.as_tensor(users[:PROBE_USERS], dtype=torch.long)
-    items = torch.arange(min(n_items, PROBE_ITEMS)).expand(len(users), -1)
-    model.score(users[:2], items[:2, :64])  # first call: kernels chosen
+def _timed_scores(model: Any, users: torch.Tensor, items: torch.Tensor) -> float:
+    """Scores per second of ``model.score(users, items)``, after a small warm-up call."""
+    model.score(users[:2], items[:2])  # first call: kernels chosen
     t0 = time.perf_counter()
     model.score(users, items)
     return items.numel() / max(time.perf_counter() - t0, 1e-9)
+
+
+def full_ranking_rate(model: Any, n_users: int, n_items: int) -> float:
+    """Scores/s when many users are scored against the same items, so that item-side work
+    is shared between them as when a whole catalogue is ranked."""
+    width = min(n_items, FULL_PROBE_ITEMS)
+    users = torch.arange(max(1, PROBE_SCORES // width)) % n_users
+    return _timed_scores(model, users, torch.arange(width).expand(len(users), -1))
+
+
+def list_rate(model: Any, n_users: int, n_items: int, width: int) -> float:
+    """Scores/s of candidate lists of ``width`` items, drawn independently per list."""
+    gen = torch.Generator().manual_seed(0)
+    users = torch.arange(max(2, PROBE_SCORES // width)) % n_users
+    return _timed_scores(model, users, torch.randint(n_items, (len(users), width), generator=gen))
 
 
 def training_rate(model: Any, n_users: int, n_items: int, batch_size: int, negatives: int) -> float:
@@ -110,17 +122,19 @@ def _round_down(x: float) -> float:
 
 
 def evaluation_estimate(
-    protocol: Protocol, name: str, dataset: PreparedDataset, split: str, rate: float
+    model: Any, protocol: Protocol, name: str, dataset: PreparedDataset, split: str
 ) -> Estimate:
-    """One evaluation of ``split`` under ``protocol`` (config name ``name``) at ``rate`` scores/s."""
+    """One evaluation of ``split`` under ``protocol`` (config name ``name``), rate measured."""
+    n_users, n_items = dataset.n_users, dataset.n_items
     lists = protocol.lists(dataset, split)
     if isinstance(lists, FullRankingTargets):
         users = len(lists.users)
-        step = f"{split} {name} ranking ({users:,} users x {dataset.n_items:,} items)"
-        return Estimate(step, users * dataset.n_items, "scores", rate)
+        step = f"{split} {name} ranking ({users:,} users x {n_items:,} items)"
+        return Estimate(step, users * n_items, "scores", full_ranking_rate(model, n_users, n_items))
     assert isinstance(lists, CandidateLists)
-    n, c = lists.items.shape
-    return Estimate(f"{split} {name} ({n:,} lists of {c})", n * c, "scores", rate)
+    n, width = lists.items.shape
+    rate = list_rate(model, n_users, n_items, width)
+    return Estimate(f"{split} {name} ({n:,} lists of {width})", n * width, "scores", rate)
 
 
 def check_step_times(
@@ -138,15 +152,13 @@ def check_step_times(
     ``evaluation`` the dataset and the protocols the run will evaluate.
     """
     dataset, protocols = evaluation.dataset, evaluation.protocols
-    valid_protocol = evaluation.valid_protocol
-    n_users, n_items = dataset.n_users, dataset.n_items
-    train_rate = training_rate(
-        model, n_users, n_items, datamodule.batch_size, datamodule.num_negatives
+    rate = training_rate(
+        model, dataset.n_users, dataset.n_items, datamodule.batch_size, datamodule.num_negatives
     )
-    rate = scoring_rate(model, torch.arange(min(n_users, PROBE_USERS)), n_items)
-    runs = [("valid", valid_protocol)] + ([("test", name) for name in protocols] if test else [])
-    estimates = [Estimate("training epoch", len(dataset.train), "positives", train_rate)]
-    estimates += [evaluation_estimate(protocols[n], n, dataset, split, rate) for split, n in runs]
+    runs = [("valid", evaluation.valid_protocol)]
+    runs += [("test", name) for name in protocols] if test else []
+    estimates = [Estimate("training epoch", len(dataset.train), "positives", rate)]
+    estimates += [evaluation_estimate(model, protocols[n], n, dataset, s) for s, n in runs]
     for e in estimates:
         log.info("estimate: %s", e)
     for (split, name), e in zip(runs, estimates[1:], strict=True):
@@ -156,7 +168,7 @@ def check_step_times(
             share = _round_down(protocol.user_fraction * long_step_hours * 3600 / e.seconds)
             raise ConfigError(
                 f"the full-ranking {split} evaluation would take about "
-                f"{format_duration(e.seconds)} ({e.work:,} scores at {rate:,.0f}/s measured here), "
+                f"{format_duration(e.seconds)} ({e.work:,} scores at {e.rate:,.0f}/s measured here), "
                 f"over long_step_hours={long_step_hours:g}: rank for a share of the users with "
                 f"protocols.{name}.user_fraction={share:g}, or run it anyway with allow_long=true"
             )
