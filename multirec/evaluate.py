@@ -8,6 +8,10 @@ for paired significance tests) into the run directory and prints a table.
 
 from __future__ import annotations
 
+# first: it sets OpenMP's environment, which torch reads once when the imports below load it
+from multirec.runtime import apply_thread_policy
+
+# isort: split
 from pathlib import Path
 
 import hydra
@@ -70,6 +74,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @user_errors
 def main(cfg: DictConfig) -> float | None:
+    apply_thread_policy(cfg.threads, cfg.device)
     metrics = run(cfg)
     # set by experiment=tune only: the value its sweeper maximises
     if "optimized_metric" not in cfg:

@@ -7,18 +7,18 @@ of the chosen encoder pair, prints where it is and records it in the run directo
 
 from __future__ import annotations
 
+# first: it sets OpenMP's environment, which torch reads once when the imports below load it
+from multirec.runtime import apply_thread_policy
+
+# isort: split
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from multirec.cli import user_errors
-from multirec.features.extraction import (
-    ensure_cache,
-    init_distributed,
-    is_rank_zero,
-    rank_zero_first,
-)
+from multirec.features.distributed import init_distributed, is_rank_zero, rank_zero_first
+from multirec.features.extraction import ensure_cache
 from multirec.io import atomic_write_json
 from multirec.pipeline.stages import ensure_prepared
 
@@ -26,6 +26,7 @@ from multirec.pipeline.stages import ensure_prepared
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    apply_thread_policy(cfg.threads, cfg.device)
     init_distributed(cfg.device)
     dataset = rank_zero_first(lambda: ensure_prepared(cfg.data, cfg.paths, cfg.progress))
     caches: dict[str, str | None] = {"dataset": str(dataset.root)}

@@ -8,6 +8,10 @@ write ``metrics.json`` into the run directory and return the metric a sweeper op
 
 from __future__ import annotations
 
+# first: it sets OpenMP's environment, which torch reads once when the imports below load it
+from multirec.runtime import apply_thread_policy
+
+# isort: split
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from multirec.eval.table import format_tables
 from multirec.io import atomic_write_json
 from multirec.models.neural import build_model, dataset_sizes
 from multirec.pipeline.checkpoints import check_resume, read_weights
+from multirec.pipeline.estimates import check_step_times
 from multirec.pipeline.resume import run_dir_of
 from multirec.pipeline.settings import check_settings
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
@@ -97,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.attach(ds, items)
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
+    check_step_times(model, datamodule, evaluation, cfg.test, cfg.long_step_hours, cfg.allow_long)
     # evaluation first: checkpointing and early stopping monitor the metrics it logs
     callbacks = [evaluation, *(build(c) for c in (cfg.get("callbacks") or {}).values())]
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
@@ -153,6 +159,7 @@ def main(cfg: DictConfig) -> float | None:
         raise ConfigError(
             "optimized_metric must name a validation metric, e.g. valid/sampled/ndcg@10"
         )
+    apply_thread_policy(cfg.threads, cfg.device)
     check_launch(cfg)
     result = train(cfg)
     print_summary(result)

@@ -193,7 +193,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from multirec.data.dataset import PreparedDataset
 from multirec.features import cache
-from multirec.features.extraction import ensure_cache, init_distributed
+from multirec.features.distributed import init_distributed
+from multirec.features.extraction import ensure_cache
 
 mode, prepared, cfg_file, cache_dir = sys.argv[1:5]
 if mode == "kill":
@@ -367,7 +368,7 @@ def test_unwritable_or_full_disk_fails_cleanly_and_leaves_nothing_finished(
 ):
     enc_cfg, paths = reference
     cache_dir = tmp_path / "cache"
-    import multirec.features.extraction as ex
+    import multirec.features.cache as ex
 
     with monkeypatch.context() as m:
         m.setattr(ex.os, "access", lambda *a, **k: False)

@@ -16,6 +16,7 @@ LAYERS = {
     "io": 0,
     "config": 0,
     "cli": 0,
+    "runtime": 0,
     "data": 1,
     "features": 2,
     "models": 3,

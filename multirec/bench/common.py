@@ -1,20 +1,34 @@
-"""Shared benchmark plumbing: timing, peak memory, JSON output."""
+"""Shared benchmark plumbing: timing, peak memory, machine load, the matmul limit, JSON output.
+
+Benchmarks run on machines shared with other work, so every figure is reported with the
+load average it ran under and the thread settings it used, and speed is stated as a
+ratio to a limit measured in the same process, under the same load and threads: the
+throughput of a plain float32 matrix product (:func:`matmul_gflops`) divided by the FLOPs
+one unit of work costs (:func:`count_flops`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from multirec.io import atomic_write_json
+from multirec.runtime import available_cores, current_policy
 
 BENCH_DIR = Path("outputs/bench")
+MATMUL_N = 1024  # square float32 product: large enough to run near the cores' peak
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -28,20 +42,88 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def in_subprocess(module: str, *args: str) -> dict:
-    """Run ``python -m module args`` and parse the JSON it prints last (fresh peak RSS)."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def load() -> list[float]:
+    """1-, 5- and 15-minute load averages of the machine."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def matmul_gflops(seconds: float = 1.0, n: int = MATMUL_N) -> float:
+    """float32 GFLOP/s of an ``n`` x ``n`` matrix product on torch's current threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / elapsed / 1e9
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs torch counts for ``fn()`` (matrix products and convolutions; a multiply-add is 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def busy_core(on: bool = True) -> Iterator[None]:
+    """Another process keeping one core busy (a Python busy loop) while the block runs."""
+    if not on:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let the scheduler see it
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def in_subprocess(module: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m module args`` and parse the JSON it prints last (fresh peak RSS).
+
+    ``env`` replaces the environment (libgomp reads OpenMP's settings only at start-up).
+    """
     out = subprocess.run(
-        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-m", module, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def openmp_env(wait: str | None) -> dict[str, str]:
+    """This environment with ``OMP_WAIT_POLICY=wait``, or without it (libgomp's default)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    if wait:
+        env["OMP_WAIT_POLICY"] = wait
+    return env
+
+
 def write(name: str, results: dict) -> Path:
+    """Write ``results`` with the machine, this process's threads and the load at the end."""
     path = BENCH_DIR / f"{name}.json"
     results = {
         "machine": {
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
+            "cores": available_cores(),
+            "torch": torch.__version__,
+        },
+        "conditions": {
+            "load_at_end": load(),
+            "threads": {**current_policy().as_dict(), "torch": torch.get_num_threads()},
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         },
         **results,
     }

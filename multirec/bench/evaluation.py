@@ -6,11 +6,17 @@ fixed random subset of users and checked to give the same metrics there); sample
 throughput too. Uses a prepared ``pixelrec50k`` sample when one exists under
 ``outputs/prepared`` (``make bench`` prepares one), otherwise a random prepared dataset of that size (50,000 users,
 82,865 items, about 990,000 interactions, long-tailed item popularity, 70/15/15 per-user
-split), written by :func:`synthetic_prepared`. Results: ``outputs/bench/evaluation.json``.
+split), written by :func:`synthetic_prepared`. Results: ``outputs/bench/evaluation.json``,
+with the thread policy it ran under and the load average.
 """
 
 from __future__ import annotations
 
+# first: it sets OpenMP's environment, which torch reads once when the imports below load it
+from multirec.runtime import apply_thread_policy
+
+# isort: split
+import argparse
 import hashlib
 import json
 import time
@@ -22,7 +28,7 @@ import torch
 
 from multirec.baselines.bprmf import BPRMF
 from multirec.baselines.knn import ItemKNN
-from multirec.bench.common import peak_rss_mib, timed, write
+from multirec.bench.common import load, peak_rss_mib, timed, write
 from multirec.data.dataset import MANIFEST, SPLITS, PreparedDataset
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import FullProtocol, FullRankingTargets, SampledProtocol
@@ -202,6 +208,15 @@ def bench_model(model: Recommender, dataset: PreparedDataset, loop_users: int) -
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--loop-users",
+        type=int,
+        default=2000,
+        help="users timed through the per-user loop (default 2000)",
+    )
+    args = parser.parse_args()
+    policy = apply_thread_policy()
     t0 = time.perf_counter()
     (dataset, kind), load_s = timed(find_dataset)
     results = {
@@ -214,10 +229,11 @@ def main() -> None:
             "test": len(dataset.test),
             "load_or_synthesise_s": load_s,
         },
-        "torch_threads": torch.get_num_threads(),
+        "threads": policy.as_dict(),
+        "load_at_start": load(),
         "models": {
-            "BPR-MF (conf defaults)": bench_model(BPRMF(), dataset, loop_users=2000),
-            "ItemKNN (k=100)": bench_model(ItemKNN(), dataset, loop_users=2000),
+            "BPR-MF (conf defaults)": bench_model(BPRMF(), dataset, loop_users=args.loop_users),
+            "ItemKNN (k=100)": bench_model(ItemKNN(), dataset, loop_users=args.loop_users),
         },
     }
     results["total_s"] = time.perf_counter() - t0

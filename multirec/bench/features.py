@@ -1,112 +1,231 @@
-"""Feature extraction and cache benchmark (`python -m multirec.bench.features`).
+"""Feature extraction against what the machine can do (`python -m multirec.bench.features`).
 
-1. For EfficientNet-Lite0 and MiniLM on the ``small`` sample: end-to-end extraction
-   (DataLoader workers decoding/tokenising, model, HDF5 writes) against the bare model
-   forward on ready-made input tensors -- the same batches, already in memory. The
-   ratio says how much of the model's speed the pipeline keeps (target >= 0.85).
+1. Extraction with ``effnet_sbert`` (EfficientNet-Lite0 on covers, MiniLM on texts) of the
+   first ``--items`` items of the pixelrec50k-size sample, with covers drawn as
+   ``--cover-px`` JPEGs: the end-to-end rate (DataLoader workers decoding or tokenising,
+   the model, HDF5 writes) against the limit implied by the model's FLOPs per item
+   (counted with ``FlopCounterMode`` on the real inputs) and the float32 matmul
+   throughput of all cores, measured in the same process before and after. The rate is
+   extrapolated to the whole pixelrec50k catalogue (82,865 items).
+   Each thread configuration (``--configs``) runs in a fresh process, since OpenMP reads
+   its settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's
+   defaults before it (OpenMP threads spin while waiting, one per core, 2 workers);
+   ``passive-t1-w1`` and the like fix the wait policy, torch threads and workers. Each
+   runs on the machine as it is and, with ``--busy 0,1``, beside one more process
+   keeping a core busy.
 2. A pixelrec50k-size cache (83,000 items, 1280 + 384 dims, float16): write time, time
    and memory to load it whole (in a fresh process, page cache cold and warm), and
    random-batch read throughput through the lazy reader, as training reads it.
-
-Options: ``--device auto|cpu|cuda``, ``--num-workers N``, ``--items N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import psutil
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from multirec.bench.common import BENCH_DIR, in_subprocess, timed, write
-from multirec.data.dataset import PreparedDataset
-from multirec.features.cache import OK, FeatureReader, ShardWriter, load_features
-from multirec.features.extraction import (
-    DEFAULT_CHUNK_ROWS,
-    autocast,
-    chunk_ranges,
-    ensure_cache,
-    instantiate_encoder,
-    item_loader,
-    resolve_device,
-    to_device,
+from multirec.bench.common import (
+    BENCH_DIR,
+    busy_core,
+    count_flops,
+    cpu_seconds,
+    in_subprocess,
+    load,
+    matmul_gflops,
+    openmp_env,
+    timed,
+    write,
 )
-from multirec.pipeline.stages import ensure_prepared
+from multirec.bench.training import SAMPLE, sample_tables
+from multirec.data.config import DataConfig
+from multirec.data.dataset import PreparedDataset
+from multirec.data.prepare import prepare
+from multirec.data.synthetic import streams
+from multirec.data.synthetic.cover_art import draw_cover, topic_styles
+from multirec.features.batching import item_loader
+from multirec.features.cache import OK, FeatureReader, ShardWriter, load_features
+from multirec.features.distributed import chunk_ranges
+from multirec.features.extraction import DEFAULT_CHUNK_ROWS, ensure_cache, instantiate_encoder
+from multirec.runtime import apply_thread_policy, available_cores
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-PIXELREC50K_ITEMS = 83_000
+PIXELREC50K_ITEMS = 82_865
 DIMS = {"visual": 1280, "text": 384}
 
 
-def config(root: Path) -> DictConfig:
+def encoder_config() -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="extract", overrides=["data=sample", "encoder=effnet_sbert"])
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(root)
-        cfg.paths.output_dir = str(root / "outputs" / "bench")
-    return cfg
+        cfg = compose(config_name="extract", overrides=["encoder=effnet_sbert"])
+    return cfg.encoder
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+def subset(n_items: int, cover_px: int) -> PreparedDataset:
+    """The first ``n_items`` items of the pixelrec50k-size sample, their interactions, and
+    covers drawn at ``cover_px`` pixels as JPEG (quality 90), prepared once."""
+    raw = BENCH_DIR / "data" / f"pixelrec50k-first{n_items}-{cover_px}px"
+    if not (raw / "interactions.csv").is_file():
+        sample_tables()
+        items = pl.read_csv(SAMPLE / "item_info.csv").head(n_items)
+        keep = set(items["item_id"].to_list())
+        inter = pl.read_csv(SAMPLE / "interactions.csv").filter(pl.col("item_id").is_in(keep))
+        (raw / "covers").mkdir(parents=True, exist_ok=True)
+        styles = topic_styles(streams.stream(0, streams.STYLES), 24)
+        for k, item in enumerate(items["item_id"].to_list()):
+            rng = streams.stream(0, streams.COVERS, k)
+            pixels = draw_cover(styles, k % 24, cover_px, rng)
+            Image.fromarray(pixels).save(raw / "covers" / f"{item}.jpg", quality=90)
+        items.write_csv(raw / "item_info.csv")
+        inter.write_csv(raw / "interactions.csv")
+    cfg = DataConfig(name=f"bench-extract-{n_items}", root=str(raw), kcore=1)
+    cfg.covers.policy = "keep"
+    return prepare(cfg, Path("outputs/prepared"), progress=False)
 
 
-def extraction(
-    ds: PreparedDataset, enc_cfg: DictConfig, cache_dir: Path, device: str, num_workers: int
-) -> dict:
-    """End-to-end items/s vs the bare forward on the same batches, ready in memory."""
-    dev = resolve_device(device)
+def flops_per_item(enc_cfg: DictConfig, ds: PreparedDataset) -> float:
+    """Model FLOPs per valid item: of one probe image, or over every text batch of the run
+    (text costs depend on the lengths; padding included, as the model computes it)."""
     encoder = instantiate_encoder(enc_cfg)
     pre = encoder.preprocessing()
-    net = encoder.network().to(dev)
+    net = encoder.network()
+    if encoder.modality == "visual":
+        x = pre.collate([pre.probe])
+        with torch.inference_mode():
+            return float(count_flops(lambda: net(x)))
     chunks = chunk_ranges(ds.n_items, DEFAULT_CHUNK_ROWS)
-    ready = [
-        to_device(x, dev)
-        for _, _, x in item_loader(encoder, pre, ds, chunks, dev, num_workers)
-        if x is not None
-    ]
-    n_valid = sum(len(x) if isinstance(x, torch.Tensor) else len(x["input_ids"]) for x in ready)
+    flops, items = 0, 0
+    with torch.inference_mode():
+        for _, _, x in item_loader(encoder, pre, ds, chunks, torch.device("cpu"), 0):
+            if x is not None:
+                flops += count_flops(lambda x=x: net(x))
+                items += len(x["input_ids"])
+    return flops / max(items, 1)
 
-    def forward_all() -> None:
-        with torch.inference_mode(), autocast(dev):
-            for x in ready:
-                net(x).float().cpu()
-        _sync(dev)
 
-    with torch.inference_mode(), autocast(dev):
-        net(ready[0])  # warm-up
-    _, bare_before = timed(forward_all)
-    path = ensure_cache(
-        ds, enc_cfg, cache_dir, device=device, num_workers=num_workers, progress=False
-    )
-    _, valid, attrs = load_features(path)
-    _, bare_after = timed(forward_all)
-    bare = (bare_before + bare_after) / 2
-    e2e_rate = int(valid.sum()) / attrs["elapsed_s"]
-    bare_rate = n_valid / bare
+class _Phases(logging.Handler):
+    """When extraction's forward loop starts (its pre-start estimate is logged, with the
+    model-alone rate) and when the cache is written."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.loop_start = self.end = self.model_alone = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "the model alone runs" in record.msg:
+            self.loop_start, self.model_alone = record.created, float(record.args[3])
+        elif record.msg.startswith("feature cache written"):
+            self.end = record.created
+
+
+def parse_config(name: str, cores: int) -> dict:
+    """``policy``, ``default`` or ``<wait>-t<torch>-w<workers>`` -> environment and threads."""
+    if name == "policy":
+        return {"wait": "PASSIVE", "torch": None, "workers": None}
+    if name == "default":
+        return {"wait": None, "torch": cores, "workers": 2}
+    wait, t, w = name.split("-")
     return {
-        "model": encoder.model,
-        "items": ds.n_items,
-        "valid_items": int(valid.sum()),
-        "batch_size": encoder.batch_size,
-        "num_workers": num_workers,
-        "device": str(dev),
-        "torch_threads": torch.get_num_threads(),
-        "end_to_end_s": attrs["elapsed_s"],
-        "end_to_end_items_per_s": e2e_rate,
-        "bare_forward_s": [bare_before, bare_after],
-        "bare_forward_items_per_s": bare_rate,
-        "ratio": e2e_rate / bare_rate,
+        "wait": None if wait == "spin" else wait.upper(),
+        "torch": int(t[1:]),
+        "workers": int(w[1:]),
+    }
+
+
+def extract_once(spec: dict) -> dict:
+    """One thread configuration, in this (fresh) process: every side of the encoder pair."""
+    policy = apply_thread_policy({"torch": spec["torch"], "workers": spec["workers"]})
+    ds = PreparedDataset.load(spec["dataset"])
+    enc = OmegaConf.create(spec["encoder"])
+    out = {"threads": {**policy.as_dict(), "openmp_wait": os.environ.get("OMP_WAIT_POLICY")}}
+    logger = logging.getLogger("multirec.features.extraction")
+    logger.setLevel(logging.INFO)
+    for side in ("visual", "text"):
+        phases = _Phases()
+        logger.addHandler(phases)
+        with busy_core(spec["busy"]):
+            torch.set_num_threads(policy.cores)
+            load_before, mm_before = load(), matmul_gflops()
+            cpu0 = cpu_seconds()
+            path, wall = timed(
+                lambda side=side: ensure_cache(
+                    ds,
+                    enc[side],
+                    Path(spec["cache"]) / side,
+                    num_workers=policy.workers,
+                    progress=False,
+                )
+            )
+            cpu = cpu_seconds() - cpu0
+            torch.set_num_threads(policy.cores)
+            mm_after, load_after = matmul_gflops(), load()
+        logger.removeHandler(phases)
+        _, valid, attrs = load_features(path)
+        n_valid = int(valid.sum())
+        loop_s = phases.end - phases.loop_start
+        steady = n_valid / loop_s
+        setup_s = attrs["elapsed_s"] - loop_s
+        limit = (mm_before + mm_after) / 2 * 1e9 / spec["flops"][side]
+        out[side] = {
+            "items": ds.n_items,
+            "valid_items": n_valid,
+            "seconds": attrs["elapsed_s"],
+            "setup_s": setup_s,
+            "loop_s": loop_s,
+            "wall_with_model_loading_s": wall,
+            "cpu_seconds": cpu,
+            "items_per_s": steady,
+            "items_per_s_with_setup": n_valid / attrs["elapsed_s"],
+            "items_per_cpu_s": n_valid / cpu,
+            "model_alone_items_per_s": phases.model_alone,
+            "gflop_per_item": spec["flops"][side] / 1e9,
+            "matmul_gflops_all_cores": [mm_before, mm_after],
+            "limit_items_per_s": limit,
+            "ratio_to_limit": steady / limit,
+            "catalogue_minutes": (setup_s + PIXELREC50K_ITEMS / steady) / 60,
+            "load": {"before": load_before, "after": load_after},
+        }
+    return out
+
+
+def extraction(args: argparse.Namespace, tmp: Path) -> dict:
+    ds = subset(args.items, args.cover_px)
+    enc = encoder_config()
+    flops = {side: flops_per_item(enc[side], ds) for side in ("visual", "text")}
+    cores = available_cores()
+    runs = {}
+    for busy in args.busy:
+        for name in args.configs:
+            cfg = parse_config(name, cores)
+            spec = {
+                **cfg,
+                "busy": busy,
+                "dataset": str(ds.root),
+                "encoder": OmegaConf.to_container(enc, resolve=True),
+                "cache": str(tmp / f"{name}-busy{busy}"),
+                "flops": flops,
+            }
+            key = f"{name}{' + busy core' if busy else ''}"
+            runs[key] = in_subprocess(
+                "multirec.bench.features", "extract", json.dumps(spec), env=openmp_env(cfg["wait"])
+            )
+            print(key, json.dumps(runs[key]), file=sys.stderr)
+    return {
+        "dataset": {"items": ds.n_items, "cover_px": args.cover_px, "root": str(ds.root)},
+        "extrapolated_to": f"pixelrec50k catalogue, {PIXELREC50K_ITEMS} items",
+        "runs": runs,
     }
 
 
@@ -179,35 +298,51 @@ def cache_io(tmp: Path, n: int) -> dict:
             "rows_per_s": len(batches) * 1024 / secs,
             "mib_per_s": len(batches) * 1024 * DIMS["visual"] * 2 / 2**20 / secs,
         },
+        "load": load(),
     }
+
+
+def _csv(kind: type) -> Callable[[str], list]:
+    return lambda text: [kind(x) for x in text.split(",") if x]
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "load":
         print(json.dumps(load_in_this_process(sys.argv[2:])))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--num-workers", type=int, default=2)
+    if len(sys.argv) > 1 and sys.argv[1] == "extract":
+        print(json.dumps(extract_once(json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--items", type=int, default=512, help="items of the subset (default 512)")
     parser.add_argument(
-        "--items", type=int, default=PIXELREC50K_ITEMS, help="rows of the synthetic cache"
+        "--cover-px", type=int, default=256, help="cover side in pixels (default 256)"
+    )
+    parser.add_argument(
+        "--configs",
+        type=_csv(str),
+        default=["policy", "default"],
+        help="thread configurations, comma-separated (default policy,default)",
+    )
+    parser.add_argument(
+        "--busy",
+        type=_csv(int),
+        default=[0, 1],
+        help="0: the machine as it is, 1: one more core kept busy (default 0,1)",
+    )
+    parser.add_argument(
+        "--cache-items", type=int, default=83_000, help="rows of the synthetic cache; 0 skips it"
     )
     args = parser.parse_args()
-    root = Path(os.environ.get("MULTIREC_ROOT", os.getcwd()))
-    cfg = config(root)
-    ds = ensure_prepared(cfg.data, cfg.paths, progress=False)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix=".features-") as tmp:
-        results = {
-            "dataset": {"name": ds.manifest.get("name"), "items": ds.n_items},
-            **{
-                side: extraction(
-                    ds, cfg.encoder[side], Path(tmp) / "cache", args.device, args.num_workers
-                )
-                for side in ("visual", "text")
-            },
-            "cache_io": cache_io(Path(tmp), args.items),
-        }
+        results = {"extraction": extraction(args, Path(tmp))}
+        if args.cache_items:
+            results["cache_io"] = cache_io(Path(tmp), args.cache_items)
     write("features", results)
 
 

@@ -1,47 +1,77 @@
-"""Training throughput at PixelRec50K scale (`python -m multirec.bench.training`).
+"""Training against what the machine can do, at PixelRec50K scale (`python -m multirec.bench.training`).
 
-For each fusion, the real input pipeline (RecDataModule: per-epoch negatives,
-shuffling, index batches; the model gathers float16 features held in memory) is timed
-against the same model stepping over ready-made in-memory batches, in the same run.
-Their ratio is the input-pipeline efficiency (target >= 0.9). Features are random, of
-the real dimensions (EfficientNet-Lite0 1280-d, MiniLM 384-d), for 82,865 items.
+The default model (``conf/model/multimodal.yaml``, attention fusion, BCE; ``--fusions``
+for others) on the pixelrec50k-size sample (50,000 users, 82,844 items, 689,522
+training positives) with random features of the real dimensions (EfficientNet-Lite0
+1280-d, MiniLM 384-d, float16), trained through the real input pipeline (RecDataModule)
+and Lightning for ``--steps`` steps after a warm-up. Reported per run:
+
+* positives/s against the limit implied by the FLOPs of one training step (forward and
+  backward, counted with ``FlopCounterMode``) per positive and the all-core float32
+  matmul throughput measured in the same process before and after;
+* the epoch's training time extrapolated from it, and (``--validate``, first run only)
+  one real validation pass (the sampled protocol every epoch runs) and what multirec's
+  own pre-fit estimate (:mod:`multirec.pipeline.estimates`) predicted for both;
+* peak RSS of the process after each stage (imports, model, training, validation);
+* what the pre-fit check says of a full-ranking test of every test user (first run);
+* the optimiser step alone on the model's parameters: for-loop vs fused AdamW.
+
+Each thread configuration (``--configs``) runs in a fresh process, since OpenMP reads its
+settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's defaults
+before it (OpenMP threads spin while waiting, one per core), ``passive-t1`` and the like
+fix the wait policy and torch threads. With ``--busy 0,1`` each also runs beside one more
+process keeping a core busy. Every figure carries the load average it ran under.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
-from multirec.bench.common import in_subprocess, peak_rss_mib, write
+from multirec.bench.common import (
+    busy_core,
+    count_flops,
+    in_subprocess,
+    load,
+    matmul_gflops,
+    openmp_env,
+    peak_rss_mib,
+    write,
+)
 from multirec.data.config import DataConfig
 from multirec.data.datamodule import RecDataModule
 from multirec.data.prepare import prepare
 from multirec.models.items import ItemInputs
 from multirec.models.neural import NeuralRecommender, build_model, dataset_sizes
+from multirec.runtime import apply_thread_policy, available_cores
 
 SAMPLE = Path("outputs/data/sample_pixelrec50k_tables")
 PREPARED = Path("outputs/prepared")
 CONF = Path(__file__).resolve().parents[2] / "conf"
-STEPS = 60
 BATCH = 512
+NEGATIVES = 4
+WARMUP = 5
 
 
 class Timer(L.Callback):
     """Wall time of training batches after a short warm-up."""
 
-    def __init__(self, warmup: int = 5) -> None:
-        self.warmup, self.t0, self.steps = warmup, 0.0, 0
+    def __init__(self, warmup: int = WARMUP) -> None:
+        self.warmup, self.t0, self.cpu0, self.steps = warmup, 0.0, 0.0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
@@ -51,33 +81,79 @@ class Timer(L.Callback):
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
 
-
-class ReadyBatches(L.LightningDataModule):
-    def __init__(self, batches: list) -> None:
-        super().__init__()
-        self.batches = batches
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.batches, batch_size=None)
+    @property
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self.cpu0
 
 
-def dataset():
+def sample_tables() -> None:
+    """The pixelrec50k-size sample's tables (no covers), generated once."""
     if not (SAMPLE / "interactions.csv").is_file():
         from multirec.data.synthetic import generate_sample
 
         generate_sample(SAMPLE, size="pixelrec50k", seed=0, covers=False)
         (SAMPLE / "covers").mkdir(exist_ok=True)
+
+
+def dataset():
+    sample_tables()
     cfg = DataConfig(name="bench50k", root=str(SAMPLE))
     cfg.covers.policy = "keep"  # no images in this benchmark: items are kept, flagged
     return prepare(cfg, PREPARED)
 
 
-def fit_steps(model, dm, steps: int) -> float:
+def random_features(n: int, dim: int, seed: int) -> np.ndarray:
+    """float16 standard-normal features, drawn in blocks so no float32 copy is held."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float16)
+    for s in range(0, n, 8192):
+        out[s : s + 8192] = rng.standard_normal((min(8192, n - s), dim), dtype=np.float32)
+    return out
+
+
+def build(fusion: str):
+    torch.manual_seed(0)
+    ds = dataset()
+    n = ds.n_items
+    ok = np.ones(n, dtype=bool)
+    items = ItemInputs.build(
+        ds.tag_index(),
+        ds.numeric_features(),
+        ds.seen_items(),
+        (random_features(n, 1280, 0), ok),
+        (random_features(n, 384, 1), ok),
+    )
+    model_cfg = OmegaConf.load(CONF / "model" / "multimodal.yaml")
+    model_cfg.fusion = OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")
+    model_cfg.loss = OmegaConf.load(CONF / "loss" / "bce.yaml")
+    model = build_model(model_cfg, dataset_sizes(ds, items))
+    model.attach(ds, items)
+    return ds, items, model
+
+
+def step_flops(model: NeuralRecommender, ds) -> float:
+    """FLOPs of one training step's forward and backward, per training positive."""
+    gen = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randint(ds.n_users, (BATCH,), generator=gen),
+        torch.randint(ds.n_items, (BATCH,), generator=gen),
+        torch.randint(ds.n_items, (BATCH, NEGATIVES), generator=gen),
+    )
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flops = count_flops(lambda: model.training_step(batch, 0).backward())
+    model.zero_grad(set_to_none=True)
+    return flops / BATCH
+
+
+def fit_steps(model: NeuralRecommender, dm: RecDataModule, steps: int) -> tuple[float, float]:
+    """Positives per second and per CPU-second of ``steps`` Lightning training steps after
+    the warm-up."""
     timer = Timer()
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
-        limit_train_batches=steps,
+        limit_train_batches=steps + WARMUP,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -86,100 +162,167 @@ def fit_steps(model, dm, steps: int) -> float:
         callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
-    return timer.steps * BATCH / timer.seconds
+    return timer.steps * BATCH / timer.seconds, timer.steps * BATCH / timer.cpu_seconds
 
 
-def score_throughput(model: NeuralRecommender, n_users: int, n_items: int) -> dict:
-    """Evaluation speed of the neural model: sampled lists (1 + 20 candidates) per second,
-    batched, against a per-list Python loop; and full-ranking scores per second
-    (users x item chunks, item tokens computed once per chunk)."""
-    rng = torch.Generator().manual_seed(0)
-    users = torch.randint(0, n_users, (4096,), generator=rng)
-    lists = torch.randint(0, n_items, (4096, 21), generator=rng)
-    t0 = time.perf_counter()
-    batched = torch.cat(
-        [model.score(users[i : i + 1024], lists[i : i + 1024]) for i in range(0, 4096, 1024)]
+def optimiser_steps(model: NeuralRecommender) -> dict:
+    """ms per AdamW step on the model's parameters with random gradients: for-loop vs fused."""
+    out = {}
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    for name, kw in (("for_loop", {"foreach": False}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(params, lr=1e-3, **kw)
+        opt.step()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            opt.step()
+        out[f"{name}_ms"] = (time.perf_counter() - t0) / 5 * 1000
+    out["parameters"] = sum(p.numel() for p in params)
+    out["embedding_parameters"] = sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
     )
-    batched_s = time.perf_counter() - t0
+    return out
+
+
+def validation(model: NeuralRecommender, ds, datamodule: RecDataModule) -> dict:
+    """One real validation pass, multirec's own estimates of it and of the epoch, and what
+    the pre-fit check says of a full-ranking test of every test user."""
+    from multirec.errors import ConfigError
+    from multirec.eval.callback import RankingEvaluation
+    from multirec.eval.protocols import FullProtocol, SampledProtocol
+    from multirec.eval.registry import MetricSet
+    from multirec.pipeline.estimates import check_step_times
+
+    protocols = {"sampled": SampledProtocol(), "full": FullProtocol()}
+    evaluation = RankingEvaluation(ds, protocols, MetricSet())
+    refusal = None
+    try:
+        check_step_times(model, datamodule, evaluation, True, 1.0, False)
+    except ConfigError as exc:
+        refusal = str(exc)
+    estimates = check_step_times(model, datamodule, evaluation, True, 1.0, True)
+    evaluation.evaluate(model, "valid")  # draws and saves the candidate lists once
     t0 = time.perf_counter()
-    looped = torch.cat([model.score(users[i : i + 1], lists[i : i + 1]) for i in range(256)])
-    loop_s = time.perf_counter() - t0
-    assert torch.allclose(batched[:256], looped, atol=1e-4)
-    t0 = time.perf_counter()
-    model.score_all(users[:64])
-    full_s = time.perf_counter() - t0
+    evaluation.evaluate(model, "valid")
+    seconds = time.perf_counter() - t0
     return {
-        "sampled_lists_per_s": 4096 / batched_s,
-        "sampled_lists_per_s_python_loop": 256 / loop_s,
-        "sampled_batched_vs_loop": (4096 / batched_s) / (256 / loop_s),
-        "full_ranking_scores_per_s": 64 * n_items / full_s,
+        "validation_s": seconds,
+        "valid_scores": estimates[1].work,
+        "valid_scores_per_s": estimates[1].work / seconds,
+        "estimated_epoch_training_s": estimates[0].seconds,
+        "estimated_validation_s": estimates[1].seconds,
+        "estimated_full_ranking_test_s": estimates[3].seconds,
+        "full_ranking_test_refusal": refusal,
     }
 
 
-def one_fusion(fusion: str) -> dict:
-    torch.manual_seed(0)
-    ds = dataset()
-    rng = np.random.default_rng(0)
-    n = ds.n_items
-    t0 = time.perf_counter()
-    items = ItemInputs.build(
-        ds.tag_index(),
-        ds.numeric_features(),
-        np.ones(n, dtype=bool),
-        (
-            rng.standard_normal((n, 1280), dtype=np.float32).astype(np.float16),
-            np.ones(n, dtype=bool),
-        ),
-        (
-            rng.standard_normal((n, 384), dtype=np.float32).astype(np.float16),
-            np.ones(n, dtype=bool),
-        ),
-    )
-    load_s = time.perf_counter() - t0
-    feature_mib = (items.visual.nbytes + items.text.nbytes) / 2**20
-    model_cfg = OmegaConf.load(CONF / "model" / "multimodal.yaml")
-    model_cfg.fusion = OmegaConf.load(CONF / "fusion" / f"{fusion}.yaml")
-    model_cfg.loss = OmegaConf.load(CONF / "loss" / "bce.yaml")
-    model = build_model(model_cfg, dataset_sizes(ds, items))
-    model.attach(ds, items)
-    dm = RecDataModule(ds, batch_size=BATCH, num_negatives=4, seed=0)
-    pipeline = fit_steps(model, dm, STEPS)
-    dm.trainer = None
-    ready = []
-    for b in dm.train_dataloader():
-        ready.append(b)
-        if len(ready) == STEPS:
-            break
-    bare = fit_steps(model, ReadyBatches(ready), STEPS)
-    n_train = len(ds.train)
-    scoring = score_throughput(model, ds.n_users, n)
-    return {
-        "fusion": fusion,
-        "train_interactions": n_train,
+def train_once(spec: dict) -> dict:
+    """One configuration, in this (fresh) process."""
+    policy = apply_thread_policy({"torch": spec["torch"]})
+    rss = {"after_imports": peak_rss_mib()}
+    ds, items, model = build(spec["fusion"])
+    rss["after_building_the_model"] = peak_rss_mib()
+    flops = step_flops(model, ds)
+    dm = RecDataModule(ds, batch_size=BATCH, num_negatives=NEGATIVES, seed=0)
+    with busy_core(spec["busy"]):
+        load_before, mm_before = load(), matmul_gflops()
+        rate, cpu_rate = fit_steps(model, dm, spec["steps"])
+        mm_after, load_after = matmul_gflops(), load()
+    rss["after_training"] = peak_rss_mib()
+    limit = (mm_before + mm_after) / 2 * 1e9 / flops
+    out = {
+        "fusion": spec["fusion"],
+        "threads": {**policy.as_dict(), "torch": torch.get_num_threads()},
+        "train_positives": len(ds.train),
         "batch_size": BATCH,
-        "negatives": 4,
-        "pipeline_samples_per_s": pipeline,
-        "ready_batches_samples_per_s": bare,
-        "input_pipeline_efficiency": pipeline / bare,
-        "epoch_time_s": n_train / pipeline,
-        **scoring,
-        "features_in_memory_mib": feature_mib,
-        "feature_build_s": load_s,
-        "peak_rss_mib": peak_rss_mib(),
+        "negatives": NEGATIVES,
+        "steps": spec["steps"],
+        "positives_per_s": rate,
+        "positives_per_cpu_s": cpu_rate,
+        "gflop_per_positive": flops / 1e9,
+        "matmul_gflops_all_cores": [mm_before, mm_after],
+        "limit_positives_per_s": limit,
+        "ratio_to_limit": rate / limit,
+        "epoch_training_s": len(ds.train) / rate,
+        "load": {"before": load_before, "after": load_after},
+        "features_in_memory_mib": (items.visual.nbytes + items.text.nbytes) / 2**20,
     }
+    if spec["validate"]:
+        dm.trainer = model.trainer = None  # as before fitting, where multirec estimates
+        out.update(validation(model, ds, dm))
+        out["epoch_s"] = out["epoch_training_s"] + out["validation_s"]
+        rss["after_validation"] = peak_rss_mib()
+    out["peak_rss_mib"] = rss
+    out["optimiser"] = optimiser_steps(model)  # after the peak RSS: it copies the parameters
+    return out
+
+
+def parse_config(name: str, cores: int) -> dict:
+    """``policy``, ``default`` or ``<wait>-t<torch>`` -> environment and torch threads."""
+    if name == "policy":
+        return {"wait": "PASSIVE", "torch": None}
+    if name == "default":
+        return {"wait": None, "torch": cores}
+    wait, t = name.split("-")
+    return {"wait": None if wait == "spin" else wait.upper(), "torch": int(t[1:])}
+
+
+def _csv(kind: type) -> Callable[[str], list]:
+    return lambda text: [kind(x) for x in text.split(",") if x]
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
-        import json
-
-        print(json.dumps(one_fusion(sys.argv[1])))
+    if len(sys.argv) > 2 and sys.argv[1] == "run":
+        print(json.dumps(train_once(json.loads(sys.argv[2]))))
         return
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--fusions", type=_csv(str), default=["attention"])
+    parser.add_argument(
+        "--configs",
+        type=_csv(str),
+        default=["policy", "default"],
+        help="thread configurations, comma-separated (default policy,default)",
+    )
+    parser.add_argument(
+        "--busy",
+        type=_csv(int),
+        default=[0, 1],
+        help="0: the machine as it is, 1: one more core kept busy (default 0,1)",
+    )
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run (default 30)")
+    parser.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time one real validation pass in the first run (default on)",
+    )
+    args = parser.parse_args()
     dataset()  # prepare once, outside the timed processes
-    results = {
-        f: in_subprocess("multirec.bench.training", f) for f in ("concat", "gated", "attention")
-    }
-    write("training", {"threads": torch.get_num_threads(), "fusions": results})
+    cores = available_cores()
+    runs, first = {}, True
+    for fusion in args.fusions:
+        for busy in args.busy:
+            for name in args.configs:
+                cfg = parse_config(name, cores)
+                spec = {
+                    **cfg,
+                    "fusion": fusion,
+                    "busy": busy,
+                    "steps": args.steps,
+                    "validate": args.validate and first,
+                }
+                key = f"{fusion} {name}{' + busy core' if busy else ''}"
+                runs[key] = in_subprocess(
+                    "multirec.bench.training", "run", json.dumps(spec), env=openmp_env(cfg["wait"])
+                )
+                print(key, json.dumps(runs[key]), file=sys.stderr)
+                first = False
+    write("training", {"runs": runs})
 
 
 if __name__ == "__main__":

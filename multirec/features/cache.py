@@ -28,9 +28,11 @@ failing disk, a bad copy, an edit) are reported instead of silently becoming fea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import time
 import zlib
 from pathlib import Path
@@ -420,3 +422,50 @@ class FeatureReader:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_map": None, "_pid": -1}
+
+
+def check_writable(cache_dir: Path) -> None:
+    """Fail before any model work when the cache directory cannot be written."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MultirecError(
+            f"cannot create feature cache directory {cache_dir} ({exc.strerror}); set paths.cache_dir"
+        ) from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise MultirecError(
+            f"cannot write to feature cache directory {cache_dir} (permission denied); set paths.cache_dir"
+        )
+
+
+def check_space(cache_dir: Path, need_bytes: int, partial: Path) -> None:
+    """Fail before encoding anything when the finished file would not fit."""
+    have = partial.stat().st_blocks * 512 if partial.exists() else 0
+    free = shutil.disk_usage(cache_dir).free
+    if free < need_bytes - have:
+        raise MultirecError(
+            f"not enough space in {cache_dir} for {partial.name.removesuffix('.partial')}: needs "
+            f"{(need_bytes - have) / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; free space or set paths.cache_dir"
+        )
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path):
+    """Out-of-space and permission failures while writing, as one line (the partial file resumes)."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        if (
+            exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in text
+            or "quota" in text.lower()
+        ):
+            raise MultirecError(
+                f"no space left writing {path}; free space (the unfinished file resumes) or set paths.cache_dir"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "Permission denied" in text:
+            raise MultirecError(
+                f"cannot write {path} (permission denied); set paths.cache_dir"
+            ) from None
+        raise

@@ -17,15 +17,11 @@ merges the shards. Since batches are formed inside chunks the same way in every 
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.metadata
 import logging
-import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,12 +29,13 @@ import torch.distributed as dist
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import multirec
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ArtefactMismatchError, ConfigError, MultirecError
+from multirec.features.batching import autocast, item_loader, to_device
 from multirec.features.cache import (
     OK,
     STORAGE_DTYPES,
@@ -46,12 +43,25 @@ from multirec.features.cache import (
     ShardWriter,
     cache_file,
     check_finished,
+    check_space,
+    check_writable,
+    disk_errors,
     lock_file,
     open_h5,
     verify_checksums,
 )
+from multirec.features.distributed import (
+    on_rank0,
+    rank_world,
+    resolve_device,
+    shard_chunks,
+    shard_path,
+)
 from multirec.features.encoders.base import Encoder, Preprocessing
 from multirec.io import exclusive_lock, fingerprint
+from multirec.runtime import model_threads
+from multirec.runtime.inference import channels_last, inference_ready, keep_freed_memory
+from multirec.runtime.timing import format_duration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,71 +100,6 @@ def instantiate_encoder(cfg: DictConfig | dict | None) -> Encoder | None:
     return encoder
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the rank's GPU when there is one, else CPU; validate the rest."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device} but no CUDA GPU is visible; use device=cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return dev
-
-
-def init_distributed(device: str) -> None:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1), unless joined."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_rank_zero() -> bool:
-    return _rank_world()[0] == 0
-
-
-def rank_zero_first(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0, then on the other ranks (which then find its result on disk)."""
-    rank, world = _rank_world()
-    if world > 1 and rank != 0:
-        dist.barrier()
-    result = fn()
-    if world > 1 and rank == 0:
-        dist.barrier()
-    return result
-
-
-def _on_rank0(fn: Callable[[], T], rank: int, world: int) -> T:
-    """Run ``fn`` on rank 0 only and hand its result, or its user error, to every rank."""
-    if world == 1:
-        return fn()
-    box: list[Any] = [None]
-    if rank == 0:
-        try:
-            box = [("ok", fn())]
-        except MultirecError as exc:
-            box = [("error", exc)]
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
-
-
 def library_versions() -> dict[str, str]:
     out = {"multirec": multirec.__version__}
     for name in VERSIONED:
@@ -163,106 +108,13 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def chunk_ranges(n: int, chunk_rows: int) -> list[tuple[int, int]]:
-    return [(a, min(a + chunk_rows, n)) for a in range(0, n, chunk_rows)]
-
-
-def shard_chunks(n: int, chunk_rows: int, rank: int, world: int) -> list[tuple[int, int]]:
-    """The contiguous run of whole chunks that ``rank`` of ``world`` extracts."""
-    chunks = chunk_ranges(n, chunk_rows)
-    return chunks[rank * len(chunks) // world : (rank + 1) * len(chunks) // world]
-
-
-def shard_path(final: Path, rank: int, world: int) -> Path:
-    suffix = ".partial" if world == 1 else f".rank{rank}-of-{world}.partial"
-    return final.with_name(final.name + suffix)
-
-
-def plan_batches(
-    chunks: Sequence[tuple[int, int]], batch_size: int, lengths: np.ndarray | None
-) -> list[list[int]]:
-    """Batches of item indices that never cross a chunk; long texts first within a chunk."""
-    batches = []
-    for a, b in chunks:
-        idx = np.arange(a, b)
-        if lengths is not None:
-            idx = idx[np.argsort(-lengths[a:b], kind="stable")]
-        batches += [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-    return batches
-
-
-class _Items(Dataset):
-    """Item i -> (i, model input or None, status); runs in DataLoader workers."""
-
-    def __init__(self, inputs: Sequence, load_item: Callable[[Any], tuple[Any, int]]) -> None:
-        self.inputs = inputs
-        self.load_item = load_item
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, int]:
-        value, status = self.load_item(self.inputs[i])
-        return i, value, status
-
-
-class _Collate:
-    """Batch the valid inputs with the encoder's collate; keep every item's position and status."""
-
-    def __init__(self, collate: Callable[[list], Any]) -> None:
-        self.collate = collate
-
-    def __call__(
-        self, samples: list[tuple[int, Any, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        positions = torch.tensor([s[0] for s in samples], dtype=torch.int64)
-        status = torch.tensor([s[2] for s in samples], dtype=torch.uint8)
-        values = [s[1] for s in samples if s[2] == OK]
-        return positions, status, (self.collate(values) if values else None)
-
-
-def item_loader(
-    encoder: Encoder,
-    pre: Preprocessing,
-    dataset: PreparedDataset,
-    chunks: Sequence[tuple[int, int]],
-    dev: torch.device,
-    num_workers: int,
-) -> DataLoader:
-    """Batches ``(positions, status, model inputs or None)`` of the items in ``chunks``, in plan order."""
-    inputs = encoder.item_inputs(dataset)
-    return DataLoader(
-        _Items(inputs, pre.load_item),
-        batch_sampler=plan_batches(chunks, encoder.batch_size, encoder.input_lengths(inputs)),
-        collate_fn=_Collate(pre.collate),
-        num_workers=num_workers,
-        pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
-    )
-
-
-def to_device(x: Any, dev: torch.device) -> Any:
-    """A batch (tensor or dict of tensors) on ``dev``."""
-    if isinstance(x, torch.Tensor):
-        return x.to(dev, non_blocking=True)
-    return {k: to_device(v, dev) for k, v in x.items()}
-
-
-def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
-    if dev.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(
-        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    )
-
-
 def ensure_cache(
     dataset: PreparedDataset,
     encoder_cfg: DictConfig | None,
     cache_dir: Path,
     *,
     device: str = "cpu",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = True,
     rebuild: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -276,6 +128,7 @@ def ensure_cache(
     ``rebuild``. While another process builds the same cache this one waits for it (at
     most ``lock_timeout_s``) and reuses its result. Under torch.distributed every rank
     must call this; items are sharded, and rank 0 holds the lock for all of them.
+    ``num_workers`` None: as many DataLoader workers as the thread policy gives.
     """
     encoder = instantiate_encoder(encoder_cfg)
     if encoder is None:
@@ -285,9 +138,9 @@ def ensure_cache(
     final = cache_file(
         Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp
     )
-    rank, world = _rank_world()
+    rank, world = rank_world()
     with contextlib.ExitStack() as held:
-        hit = _on_rank0(
+        hit = on_rank0(
             lambda: _claim(final, dataset, encoder_fp, rebuild, lock_timeout_s, held), rank, world
         )
         if hit:
@@ -327,7 +180,7 @@ def _claim(
     except (CorruptCacheError, ArtefactMismatchError):
         if not rebuild:
             raise
-    _check_writable(final.parent)
+    check_writable(final.parent)
     held.enter_context(exclusive_lock(lock_file(final), lock_timeout_s, f"building {final}"))
     return _reusable(final, dataset, encoder_fp, rebuild)
 
@@ -346,53 +199,6 @@ def _reusable(final: Path, dataset: PreparedDataset, encoder_fp: str, rebuild: b
         return False
 
 
-def _check_writable(cache_dir: Path) -> None:
-    """Fail before any model work when the cache directory cannot be written."""
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MultirecError(
-            f"cannot create feature cache directory {cache_dir} ({exc.strerror}); set paths.cache_dir"
-        ) from None
-    if not os.access(cache_dir, os.W_OK | os.X_OK):
-        raise MultirecError(
-            f"cannot write to feature cache directory {cache_dir} (permission denied); set paths.cache_dir"
-        )
-
-
-def _check_space(cache_dir: Path, need_bytes: int, partial: Path) -> None:
-    """Fail before encoding anything when the finished file would not fit."""
-    have = partial.stat().st_blocks * 512 if partial.exists() else 0
-    free = shutil.disk_usage(cache_dir).free
-    if free < need_bytes - have:
-        raise MultirecError(
-            f"not enough space in {cache_dir} for {partial.name.removesuffix('.partial')}: needs "
-            f"{(need_bytes - have) / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; free space or set paths.cache_dir"
-        )
-
-
-@contextlib.contextmanager
-def _disk_errors(path: Path):
-    """Out-of-space and permission failures while writing, as one line (the partial file resumes)."""
-    try:
-        yield
-    except OSError as exc:
-        text = str(exc)
-        if (
-            exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            or "No space left" in text
-            or "quota" in text.lower()
-        ):
-            raise MultirecError(
-                f"no space left writing {path}; free space (the unfinished file resumes) or set paths.cache_dir"
-            ) from None
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "Permission denied" in text:
-            raise MultirecError(
-                f"cannot write {path} (permission denied); set paths.cache_dir"
-            ) from None
-        raise
-
-
 def _build(
     dataset: PreparedDataset,
     encoder: Encoder,
@@ -400,11 +206,11 @@ def _build(
     encoder_fp: str,
     final: Path,
     dev: torch.device,
-    num_workers: int,
+    num_workers: int | None,
     progress: bool,
     chunk_rows: int,
 ) -> None:
-    rank, world = _rank_world()
+    rank, world = rank_world()
     n = dataset.n_items
     mine = shard_chunks(n, chunk_rows, rank, world)
     partial = shard_path(final, rank, world)
@@ -415,20 +221,20 @@ def _build(
         dim = int(net(to_device(pre.collate([pre.probe]), dev)).shape[-1])
     itemsize = np.dtype(STORAGE_DTYPES[encoder.dtype]).itemsize
     shard_rows = sum(b - a for a, b in mine)
-    _check_space(final.parent, shard_rows * (dim * itemsize + 2) + (1 << 20), partial)
+    check_space(final.parent, shard_rows * (dim * itemsize + 2) + (1 << 20), partial)
 
     attrs = _cache_attrs(dataset, encoder, identity, encoder_fp, pre, dim, chunk_rows, dev, world)
     t0 = time.perf_counter()
     done_before = 0
     if mine:
         start, stop = mine[0][0], mine[-1][1]
-        with _disk_errors(partial):
+        with disk_errors(partial):
             writer = ShardWriter.open(partial, start, stop, dim, encoder.dtype, attrs)
         try:
             done_before = writer.rows_done
             _log_start(encoder, partial, start, stop, done_before, dev)
             todo = [(a, b) for a, b in mine if a >= start + done_before]
-            with _disk_errors(partial):
+            with disk_errors(partial):
                 _run(
                     encoder,
                     pre,
@@ -448,7 +254,7 @@ def _build(
     if world > 1:
         dist.barrier()
         if rank == 0:
-            with _disk_errors(final):
+            with disk_errors(final):
                 _merge(
                     final, n, chunk_rows, world, dim, encoder.dtype, attrs, time.perf_counter() - t0
                 )
@@ -515,14 +321,74 @@ def _run(
     chunks: list[tuple[int, int]],
     writer: ShardWriter,
     dev: torch.device,
-    num_workers: int,
+    num_workers: int | None,
     progress: bool,
     total: int,
 ) -> None:
-    """Encode ``chunks`` (consecutive item ranges) and commit each one as it completes."""
+    """Encode ``chunks`` (consecutive item ranges) and commit each one as it completes.
+
+    The model runs folded and channels-last, with the intra-op threads the thread policy
+    gives it beside the DataLoader workers (:mod:`multirec.runtime`).
+    """
     if not chunks:
         return
     loader = item_loader(encoder, pre, dataset, chunks, dev, num_workers)
+    with model_threads(loader.num_workers), keep_freed_memory():
+        net = inference_ready(net, to_device(pre.collate([pre.probe]), dev), dev)
+        _log_estimate(encoder, pre, net, dataset, chunks, dev)
+        _encode(encoder, net, loader, chunks, writer, dev, progress, total)
+
+
+def _log_estimate(
+    encoder: Encoder,
+    pre: Preprocessing,
+    net: torch.nn.Module,
+    dataset: PreparedDataset,
+    chunks: list[tuple[int, int]],
+    dev: torch.device,
+) -> None:
+    """Time the model on one batch of real inputs spread over ``chunks`` and log how long
+    the chunks will take at that rate (decoding is meant to hide behind the model)."""
+    inputs = encoder.item_inputs(dataset)
+    todo = np.concatenate([np.arange(a, b) for a, b in chunks])
+    picks = todo[np.linspace(0, len(todo) - 1, min(encoder.batch_size, len(todo))).astype(int)]
+    valid = [x for x, st in map(pre.load_item, (inputs[i] for i in picks)) if st == OK]
+    if not valid:
+        return
+    batch = channels_last(to_device(pre.collate(valid), dev))
+    with torch.inference_mode(), autocast(dev):
+        net(batch)  # first call: kernels chosen, weights reordered
+        t0 = time.perf_counter()
+        net(batch)
+        _sync(dev)
+    rate = len(valid) / max(time.perf_counter() - t0, 1e-9)
+    log.info(
+        "%s %s: %d items; the model alone runs %.1f items/s on %d threads here, so about %s",
+        encoder.modality,
+        encoder.name,
+        len(todo),
+        rate,
+        torch.get_num_threads(),
+        format_duration(len(todo) / rate),
+    )
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _encode(
+    encoder: Encoder,
+    net: torch.nn.Module,
+    loader: DataLoader,
+    chunks: list[tuple[int, int]],
+    writer: ShardWriter,
+    dev: torch.device,
+    progress: bool,
+    total: int,
+) -> None:
+    """The forward loop: every batch through the model, each chunk committed when full."""
     bar = tqdm(
         total=total,
         initial=total - sum(b - a for a, b in chunks),
@@ -541,7 +407,7 @@ def _run(
             pos = positions.numpy() - a
             st = batch_status.numpy()
             if x is not None:
-                feats[pos[st == OK]] = net(to_device(x, dev)).float().cpu().numpy()
+                feats[pos[st == OK]] = net(channels_last(to_device(x, dev))).float().cpu().numpy()
             status[pos] = st
             filled += len(pos)
             bar.update(len(pos))
