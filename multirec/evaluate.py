@@ -20,6 +20,7 @@ from multirec.errors import ConfigError
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.evaluator import evaluate, write_results
 from multirec.eval.table import format_tables
+from multirec.eval.validation import full_ranking_validation
 from multirec.models.base import Recommender
 from multirec.pipeline.stages import ensure_prepared
 
@@ -31,7 +32,7 @@ def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
         from multirec.pipeline.checkpoints import load_checkpoint
 
         return load_checkpoint(cfg.ckpt_path, dataset, cfg.paths.cache_dir, device=cfg.device)
-    return build(cfg.baseline).fit(dataset)
+    return build(cfg.baseline).fit(dataset, full_ranking_validation(dataset))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

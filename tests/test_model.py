@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from multirec.config import build
 from multirec.errors import MultirecError
 from multirec.models import fusion as F
 from multirec.models.items import ItemInputs
+from multirec.models.neural import build_model
 from multirec.models.recommender import MultimodalRecommender
 from tests.conftest import compose_cfg
 
@@ -34,15 +34,15 @@ def model_from(
     tmp_path, overrides: list[str], visual: bool = True, text: bool = True
 ) -> MultimodalRecommender:
     cfg = compose_cfg("train", overrides, tmp_path)
-    m = build(
-        cfg.model,
-        n_users=N_USERS,
-        n_items=N_ITEMS,
-        n_tags=N_TAGS,
-        n_numeric=7,
-        visual_dim=DV if visual else 0,
-        text_dim=DT if text else 0,
-    )
+    sizes = {
+        "n_users": N_USERS,
+        "n_items": N_ITEMS,
+        "n_tags": N_TAGS,
+        "n_numeric": 7,
+        "visual_dim": DV if visual else 0,
+        "text_dim": DT if text else 0,
+    }
+    m = build_model(cfg.model, sizes)
     import scipy.sparse as sp
 
     train = sp.csr_matrix(

@@ -7,10 +7,22 @@ Koren 2008):
 
 where ``a``, ``b`` are the sets of users (ItemKNN) or items (UserKNN) of two rows. Only each
 row's ``k`` most similar rows are kept (ties broken by lower index), so the model is a sparse
-matrix ``S`` with at most ``k`` entries per row. Scores:
+matrix ``S`` whose row ``r`` holds the ``k`` nearest neighbours ``N_k(r)`` of row ``r``.
+Scores, with ``H(u)`` the user's training items and ``X`` the binary training matrix:
 
-* ItemKNN: ``score(u, i) = sum_{j in train(u)} S[j, i]`` -- items close to the user's items;
-* UserKNN: ``score(u, i) = sum_{v in neighbours(u)} S[u, v] * X[v, i]``.
+* ItemKNN, ``neighbourhood=target`` (Sarwar et al.'s prediction without its division by
+  the summed similarities; RecBole's ItemKNN):
+  ``score(u, i) = sum_{j in N_k(i) ∩ H(u)} sim(i, j)`` -- the scored item's ``k`` nearest
+  items over the whole catalogue, of which those the user has count. As a product:
+  ``X @ S.T``.
+* ItemKNN, ``neighbourhood=history`` (Deshpande & Karypis 2004; implicit's
+  ``ItemItemRecommender``): ``score(u, i) = sum_{j in H(u), i in N_k(j)} sim(j, i)`` -- each
+  of the user's items votes for its own ``k`` nearest items. As a product: ``X @ S``.
+* UserKNN: ``score(u, i) = sum_{v in N_k(u)} sim(u, v) * X[v, i]`` -- ``S[u] @ X``.
+
+The two ItemKNN forms differ because ``S`` is not symmetric once truncated to ``k`` per row:
+in the history form a popular item, among the ``k`` nearest of many items, collects votes
+from all of them; in the target form every item is scored from its own ``k`` nearest only.
 
 Similarities are computed block by block (``block`` rows at a time, top-k kept at once), so
 memory stays bounded at Pixel1M size. Scoring is one sparse product per batch of users;
@@ -104,8 +116,25 @@ class _NeighbourhoodModel(Recommender):
         return torch.from_numpy(dense)
 
 
+NEIGHBOURHOODS = ("target", "history")
+
+
 class ItemKNN(_NeighbourhoodModel):
-    """Item-based kNN: an item scores by its similarity to the user's training items."""
+    """Item-based kNN: an item scores by its similarity to the user's training items.
+
+    ``neighbourhood`` picks whose ``k`` nearest neighbours count (see the module docstring):
+    the scored item's (``target``) or each history item's (``history``).
+    """
+
+    def __init__(
+        self, k: int = 100, shrink: float = 10.0, block: int = 4096, neighbourhood: str = "target"
+    ) -> None:
+        super().__init__(k, shrink, block)
+        if neighbourhood not in NEIGHBOURHOODS:
+            raise ConfigError(
+                f"baseline.neighbourhood {neighbourhood!r} unknown; valid: {', '.join(NEIGHBOURHOODS)}"
+            )
+        self.neighbourhood = neighbourhood
 
     @property
     def name(self) -> str:
@@ -113,7 +142,8 @@ class ItemKNN(_NeighbourhoodModel):
 
     def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
         self.train = dataset.interaction_matrix("train")
-        self.right = topk_cosine(self.train.T.tocsr(), self.k, self.shrink, self.block)
+        sim = topk_cosine(self.train.T.tocsr(), self.k, self.shrink, self.block)
+        self.right = sim.T.tocsr() if self.neighbourhood == "target" else sim
 
     def _left(self, users: np.ndarray) -> sp.csr_matrix:
         return self.train[users]

@@ -9,7 +9,7 @@ Per-list results (:attr:`EvalResult.lists`, a polars DataFrame, one row per list
 each metric column equals the reported metric) keep what paired significance tests need:
 
 * sampled / cold_items: ``user_idx, user_id, item_idx, item_id, rank`` (the positive and its
-  expected rank among the list's 1 + n_negatives items), key columns ``user_id, item_id``;
+  expected rank among the list's 1 + num_negatives items), key columns ``user_id, item_id``;
 * full: the same columns with ``item_idx, item_id, rank`` as lists (all of the user's
   held-out positives; a rank is null when the positive is below the top ``max(ks)`` items,
   where only metrics are computed exactly), key column ``user_id``;
