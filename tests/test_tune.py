@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from multirec import tune
 from multirec.config import build
 from multirec.errors import ConfigError
+from multirec.models.neural import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = tune.targets(None)
@@ -46,6 +47,19 @@ def test_a_space_names_settings_of_its_own_model_and_never_reaches_its_construct
         assert group == target.group and setting in node, key
     if target.group == "baseline":
         build(node)  # the baseline's own settings are all its constructor gets
+
+
+@pytest.mark.parametrize("name", [t.name for t in TARGETS if t.group == "model"])
+def test_a_model_yaml_read_as_a_file_builds_without_its_space(name):
+    """As multirec.bench.training reads conf/model/multimodal.yaml: the defaults list naming
+    the space is no constructor argument."""
+    node = OmegaConf.load(tune.CONF_DIR / "model" / f"{name}.yaml")
+    assert "defaults" in node
+    node.fusion = OmegaConf.load(tune.CONF_DIR / "fusion" / "attention.yaml")
+    node.loss = OmegaConf.load(tune.CONF_DIR / "loss" / "bce.yaml")
+    sizes = {"n_users": 5, "n_items": 7, "n_tags": 3, "n_numeric": 2}
+    model = build_model(node, {**sizes, "visual_dim": 8, "text_dim": 4})
+    assert model.hparams.get("defaults") is None
 
 
 def test_one_budget_selected_on_validation_for_models_and_baselines():

@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
@@ -52,6 +53,10 @@ def build_model(
     configs in ``provenance``) unbuilt, so that its checkpoints hold data only; a model
     builds its own parts from them.
     """
+    if isinstance(node, DictConfig) and "defaults" in node:
+        # a conf/model YAML read as a file, not composed: its defaults list names the tuning
+        # space (conf/model/search/), which is no setting of the model
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "defaults"])
     model = build(node, **sizes, provenance=provenance, _convert_="all", _recursive_=False)
     if not isinstance(model, NeuralRecommender):
         raise ConfigError(f"model._target_ {node.get('_target_')} is not a multirec neural model")
