@@ -77,67 +77,9 @@ class MultimodalRecommender(NeuralRecommender):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        # user-side tokens come first, then item-side tokens; `modalities` names them in order
-        self.user_modalities: list[str] = []
-        self.item_modalities: list[str] = []
-        if use_ids:
-            self.user_emb = nn.Embedding(n_users, dim)
-            self.item_emb = nn.Embedding(n_items, dim)
-            # shared vector for items without training interactions (cold start); trained by
-            # replacing a random share `id_dropout` of item ids with it
-            self.unseen_item = nn.Parameter(torch.zeros(dim))
-            for emb in (self.user_emb, self.item_emb):
-                nn.init.normal_(emb.weight, std=0.05)
-            self.user_modalities.append("user")
-            self.item_modalities.append("item")
-        if visual_dim:
-            self.visual_proj = _mlp(visual_dim, projection_hidden, dim, dropout)
-            self.visual_missing = nn.Parameter(torch.zeros(dim))
-            self.item_modalities.append("visual")
-        if text_dim:
-            self.text_proj = _mlp(text_dim, projection_hidden, dim, dropout)
-            self.text_missing = nn.Parameter(torch.zeros(dim))
-            self.item_modalities.append("text")
-        if user_profile:
-            # the user's taste: the mean id embedding of its training items (collaborative, as
-            # in FISM/SVD++) and the mean feature of each content modality through the same
-            # projection as items, so the fusion can compare user and item directly
-            if use_ids:
-                self.user_modalities.append("user_history")
-            self.user_modalities += [
-                f"user_{m}" for m in ("visual", "text") if m in self.item_modalities
-            ]
-        if use_tags:
-            self.tag_proj = nn.Sequential(nn.Embedding(n_tags, dim), nn.GELU(), nn.Linear(dim, dim))
-            self.item_modalities.append("tag")
-        if use_numeric and n_numeric:
-            self.numeric_proj = _mlp(n_numeric, projection_hidden, dim, dropout)
-            self.item_modalities.append("numeric")
-        if not self.user_modalities:
-            raise MultirecError(
-                "the model has no user-side token: enable model.use_ids or model.user_profile with an encoder"
-            )
-        if not self.item_modalities:
-            raise MultirecError(
-                "the model has no item modality left: enable ids, an encoder, tags or numerics"
-            )
+        self._build_tokens()
         self.modalities = self.user_modalities + self.item_modalities
-        # explicit user-item agreement per modality (id with id, taste with content): scaled dot
-        # products fed to the head beside the fused vector, since an MLP learns products slowly
-        partner = {
-            "user": "item",
-            "user_history": "item",
-            "user_visual": "visual",
-            "user_text": "text",
-        }
-        self.match_pairs = (
-            [
-                (self.user_modalities.index(u), self.item_modalities.index(partner[u]))
-                for u in self.user_modalities
-            ]
-            if match
-            else []
-        )
+        self.match_pairs = self._match_pairs() if match else []
         self.fusion = instantiate(fusion, dim=dim, n_tokens=len(self.modalities))
         self.head = nn.Sequential(
             nn.Linear(self.fusion.out_dim + len(self.match_pairs), head_hidden),
@@ -148,6 +90,72 @@ class MultimodalRecommender(NeuralRecommender):
         self.loss_fn = instantiate(loss)
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
         self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
+
+    def _build_tokens(self) -> None:
+        """One projection per switched-on modality, in a fixed order (so a seed gives the same
+        weights); a modality switched off gets no parameters at all."""
+        hp = self.hparams
+        dim, dropout, hidden = hp.dim, hp.dropout, hp.projection_hidden
+        # user-side tokens come first, then item-side tokens; `modalities` names them in order
+        self.user_modalities: list[str] = []
+        self.item_modalities: list[str] = []
+        if hp.use_ids:
+            self.user_emb = nn.Embedding(hp.n_users, dim)
+            self.item_emb = nn.Embedding(hp.n_items, dim)
+            # shared vector for items without training interactions (cold start); trained by
+            # replacing a random share `id_dropout` of item ids with it
+            self.unseen_item = nn.Parameter(torch.zeros(dim))
+            for emb in (self.user_emb, self.item_emb):
+                nn.init.normal_(emb.weight, std=0.05)
+            self.user_modalities.append("user")
+            self.item_modalities.append("item")
+        if hp.visual_dim:
+            self.visual_proj = _mlp(hp.visual_dim, hidden, dim, dropout)
+            self.visual_missing = nn.Parameter(torch.zeros(dim))
+            self.item_modalities.append("visual")
+        if hp.text_dim:
+            self.text_proj = _mlp(hp.text_dim, hidden, dim, dropout)
+            self.text_missing = nn.Parameter(torch.zeros(dim))
+            self.item_modalities.append("text")
+        if hp.user_profile:
+            # the user's taste: the mean id embedding of its training items (collaborative, as
+            # in FISM/SVD++) and the mean feature of each content modality through the same
+            # projection as items, so the fusion can compare user and item directly
+            if hp.use_ids:
+                self.user_modalities.append("user_history")
+            self.user_modalities += [
+                f"user_{m}" for m in ("visual", "text") if m in self.item_modalities
+            ]
+        if hp.use_tags:
+            self.tag_proj = nn.Sequential(
+                nn.Embedding(hp.n_tags, dim), nn.GELU(), nn.Linear(dim, dim)
+            )
+            self.item_modalities.append("tag")
+        if hp.use_numeric and hp.n_numeric:
+            self.numeric_proj = _mlp(hp.n_numeric, hidden, dim, dropout)
+            self.item_modalities.append("numeric")
+        if not self.user_modalities:
+            raise MultirecError(
+                "the model has no user-side token: enable model.use_ids or model.user_profile with an encoder"
+            )
+        if not self.item_modalities:
+            raise MultirecError(
+                "the model has no item modality left: enable ids, an encoder, tags or numerics"
+            )
+
+    def _match_pairs(self) -> list[tuple[int, int]]:
+        """(user token, item token) pairs whose agreement is fed to the head: id with id,
+        taste with content, as scaled dot products, since an MLP learns products slowly."""
+        partner = {
+            "user": "item",
+            "user_history": "item",
+            "user_visual": "visual",
+            "user_text": "text",
+        }
+        return [
+            (self.user_modalities.index(u), self.item_modalities.index(partner[u]))
+            for u in self.user_modalities
+        ]
 
     # -- inputs ---------------------------------------------------------------------
     def attach_items(self, items: ItemInputs, train_matrix: sp.spmatrix | None = None) -> None:
