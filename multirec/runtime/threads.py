@@ -65,13 +65,15 @@ def _cgroup_cpus() -> int | None:
 
 
 def available_cores() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota, shared
+    with the other processes ``torchrun`` started beside it on this machine."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     quota = _cgroup_cpus()
-    return max(1, min(cores, quota) if quota else cores)
+    cores = min(cores, quota) if quota else cores
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @dataclass(frozen=True)
