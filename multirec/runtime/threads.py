@@ -82,9 +82,9 @@ class ThreadPolicy:
 
     ``torch`` is the model's intra-op thread count while nothing runs beside it (training,
     evaluation); ``workers`` the DataLoader processes that decode covers or tokenise text
-    during extraction. :meth:`torch_beside` gives the model's threads while ``n`` workers
-    run: a worker is busy only part of the time (decoding a cover costs about a tenth of
-    encoding it), so the model keeps every core but the ones workers would fill.
+    during extraction. :meth:`torch_beside` gives the model's threads while workers run:
+    a worker is busy only part of the time (decoding a 256-px cover costs about a tenth of
+    encoding it), so each counts as half a core and the model keeps the rest.
     """
 
     cores: int
@@ -161,6 +161,8 @@ def apply_thread_policy(threads: Any = None, device: str = "cpu") -> ThreadPolic
 
     global _current
     threads = threads or {}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     _current = choose_policy(
         available_cores(), threads.get("torch"), threads.get("workers"), str(device)
     )
