@@ -57,7 +57,7 @@ table: $(STAMP) ## Table 2/3 per protocol (md, csv, tex), significance test and 
 recommend: $(STAMP) ## top-k for one user: make recommend ARGS="ckpt_path=... user=u123"
 	$(PY) -m multirec.recommend $(ARGS)
 
-bench: $(STAMP) ## benchmarks (data, features, evaluation, training); JSON under outputs/bench/
+bench: $(STAMP) ## benchmarks with thread settings, load and ratio to the measured limit; JSON under outputs/bench/
 	$(PY) -m multirec.bench.data
 	$(PY) -m multirec.bench.features
 	$(PY) -m multirec.bench.evaluation

@@ -45,11 +45,14 @@ def test_config_overrides_win_and_bad_values_are_named():
         choose_policy(2, workers="two")
 
 
-def test_cores_follow_the_cgroup_quota(monkeypatch):
-    monkeypatch.setattr(threads_mod, "_cgroup_cpus", lambda: 1)
-    assert threads_mod.available_cores() == 1
+def test_cores_follow_the_cgroup_quota_and_the_processes_beside(monkeypatch):
+    monkeypatch.setattr(threads_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(threads_mod, "_cgroup_cpus", lambda: None)
-    assert threads_mod.available_cores() >= 1
+    assert threads_mod.available_cores() == 4
+    monkeypatch.setattr(threads_mod, "_cgroup_cpus", lambda: 2)
+    assert threads_mod.available_cores() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc-per-node=4
+    assert threads_mod.available_cores() == 1
 
 
 def test_model_threads_are_restored(monkeypatch):

@@ -5,6 +5,8 @@ load average it ran under and the thread settings it used, and speed is stated a
 ratio to a limit measured in the same process, under the same load and threads: the
 throughput of a plain float32 matrix product (:func:`matmul_gflops`) divided by the FLOPs
 one unit of work costs (:func:`count_flops`).
+
+torch is imported only where it is used, so that the data benchmark's peak memory is its own.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from multirec.io import atomic_write_json
 from multirec.runtime import available_cores, current_policy
@@ -56,6 +55,8 @@ def load() -> list[float]:
 
 def matmul_gflops(seconds: float = 1.0, n: int = MATMUL_N) -> float:
     """float32 GFLOP/s of an ``n`` x ``n`` matrix product on torch's current threads."""
+    import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     reps, t0 = 0, time.perf_counter()
@@ -67,6 +68,8 @@ def matmul_gflops(seconds: float = 1.0, n: int = MATMUL_N) -> float:
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs torch counts for ``fn()`` (matrix products and convolutions; a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
@@ -112,17 +115,21 @@ def openmp_env(wait: str | None) -> dict[str, str]:
 
 def write(name: str, results: dict) -> Path:
     """Write ``results`` with the machine, this process's threads and the load at the end."""
+    torch = sys.modules.get("torch")  # not imported for it: the data benchmark measures without
     path = BENCH_DIR / f"{name}.json"
     results = {
         "machine": {
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
             "cores": available_cores(),
-            "torch": torch.__version__,
+            "torch": torch.__version__ if torch else None,
         },
         "conditions": {
             "load_at_end": load(),
-            "threads": {**current_policy().as_dict(), "torch": torch.get_num_threads()},
+            "threads": {
+                **current_policy().as_dict(),
+                "torch": torch.get_num_threads() if torch else None,
+            },
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         },
         **results,

@@ -171,7 +171,7 @@ def per_user_loop(
 
 def bench_model(model: Recommender, dataset: PreparedDataset, loop_users: int) -> dict:
     _, fit_s = timed(lambda: model.fit(dataset))
-    full = FullProtocol(ks=(5, 10), user_fraction=1.0)
+    full = FullProtocol(user_fraction=1.0)
     targets = full.lists(dataset, "test")
     result, full_s = timed(lambda: evaluate(model, dataset, full, "test"))
     subset = np.sort(np.random.default_rng(0).choice(targets.users, size=loop_users, replace=False))

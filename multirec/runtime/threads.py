@@ -65,13 +65,15 @@ def _cgroup_cpus() -> int | None:
 
 
 def available_cores() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota, shared
+    with the other processes ``torchrun`` started beside it on this machine."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     quota = _cgroup_cpus()
-    return max(1, min(cores, quota) if quota else cores)
+    cores = min(cores, quota) if quota else cores
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,9 @@ class ThreadPolicy:
 
     ``torch`` is the model's intra-op thread count while nothing runs beside it (training,
     evaluation); ``workers`` the DataLoader processes that decode covers or tokenise text
-    during extraction. :meth:`torch_beside` gives the model's threads while ``n`` workers
-    run: a worker is busy only part of the time (decoding a cover costs about a tenth of
-    encoding it), so the model keeps every core but the ones workers would fill.
+    during extraction. :meth:`torch_beside` gives the model's threads while workers run:
+    a worker is busy only part of the time (decoding a 256-px cover costs about a tenth of
+    encoding it), so each counts as half a core and the model keeps the rest.
     """
 
     cores: int
@@ -159,6 +161,8 @@ def apply_thread_policy(threads: Any = None, device: str = "cpu") -> ThreadPolic
 
     global _current
     threads = threads or {}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     _current = choose_policy(
         available_cores(), threads.get("torch"), threads.get("workers"), str(device)
     )
