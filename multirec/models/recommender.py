@@ -91,6 +91,7 @@ class MultimodalRecommender(NeuralRecommender):
         id_dropout: float = 0.1,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        tower_weight_decay: float = 0.0,
         provenance: dict | None = None,
     ) -> None:
         super().__init__()
@@ -197,20 +198,16 @@ class MultimodalRecommender(NeuralRecommender):
             else nn.Identity()
         )
         # agreement terms grouped by item-side token: the user tokens compared with one item
-        # token are summed, so the vectors grow by `dim` per item token, not per pair
+        # token are summed, so the vectors grow by `dim` per item token, not per pair; the id
+        # block, (p_u + mean history) . q_i, is matrix factorisation itself (with FISM's term)
         partners = [m for m in ("item", "visual", "text") if m in self.item_modalities]
+        pairs = [
+            ([k for k, u in enumerate(self.user_modalities) if PARTNER[u] == m], m)
+            for m in partners
+        ]
         self.agreement = (
-            [
-                (
-                    [k for k, u in enumerate(self.user_modalities) if PARTNER[u] == m],
-                    self.item_modalities.index(m),
-                )
-                for m in partners
-            ]
-            if match
-            else []
+            [(users, self.item_modalities.index(m)) for users, m in pairs if users] if match else []
         )
-        self.agreement = [(users, item) for users, item in self.agreement if users]
         if self.hparams.use_ids:
             # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
@@ -659,6 +656,21 @@ class MultimodalRecommender(NeuralRecommender):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; two-tower: the fusion towers decay by ``tower_weight_decay`` instead, since
+        on sparse data they memorise users and items where the dot products generalise."""
+        hp = self.hparams
+        if not self.two_tower:
+            return torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        towers = ("user_fusion.", "item_fusion.", "user_out.", "item_out.")
+        groups = [
+            [p for n, p in self.named_parameters() if n.startswith(towers) == in_towers]
+            for in_towers in (False, True)
+        ]
         return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            [
+                {"params": groups[0], "weight_decay": hp.weight_decay},
+                {"params": groups[1], "weight_decay": hp.tower_weight_decay},
+            ],
+            lr=hp.lr,
+            fused=True,  # one kernel per tensor: the id tables' update dominates a step otherwise
         )
