@@ -111,10 +111,10 @@ def test_attention_pooling_options(tmp_path, pooling, scoring):
     assert w.shape == (2, 2, len(m.modalities))
     if scoring is PAIRWISE:
         assert torch.allclose(w.sum(-1), torch.ones(2, 2), atol=1e-5)
-    else:  # the user tower's weights, then the item tower's
+    else:  # the user tower's weights, then the item tower's, each halved
         n_user = len(m.user_modalities)
-        assert torch.allclose(w[..., :n_user].sum(-1), torch.ones(2, 2), atol=1e-5)
-        assert torch.allclose(w[..., n_user:].sum(-1), torch.ones(2, 2), atol=1e-5)
+        assert torch.allclose(w[..., :n_user].sum(-1), torch.full((2, 2), 0.5), atol=1e-5)
+        assert torch.allclose(w.sum(-1), torch.ones(2, 2), atol=1e-5)
     assert torch.isfinite(m.score_all(torch.tensor([0, 1]))).all()
 
 

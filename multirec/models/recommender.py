@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from multirec.config import build, plain
@@ -193,10 +194,13 @@ class MultimodalRecommender(NeuralRecommender):
             else nn.Identity()
         )
         self.item_out = (
-            nn.Linear(self.item_fusion.out_dim, dim)
+            nn.Linear(self.item_fusion.out_dim, dim, bias=False)
             if self.item_fusion.out_dim != dim
             else nn.Identity()
         )
+        offset = self.item_fusion.offset()  # no ranking signal reaches it: see Fusion.offset
+        if offset is not None:
+            offset.requires_grad_(False)
         # agreement terms grouped by item-side token: the user tokens compared with one item
         # token are summed, so the vectors grow by `dim` per item token, not per pair; the id
         # block, (p_u + mean history) . q_i, is matrix factorisation itself (with FISM's term)
@@ -496,8 +500,28 @@ class MultimodalRecommender(NeuralRecommender):
         logits = logits + bias[inverse].view(b, c)
         if uw is None or iw is None:
             return logits, None
+        # each tower's weights halved, so that they sum to 1 over `modalities` as pairwise ones do
         weights = torch.cat([uw.unsqueeze(1).expand(b, c, -1), iw[inverse].view(b, c, -1)], dim=2)
-        return logits, weights.flatten(0, 1)
+        return logits, weights.flatten(0, 1) / 2
+
+    @staticmethod
+    def _global_batch(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positives and negatives of the whole global batch under DDP (this process's
+        alone otherwise): shared and in-batch negatives are then the ones a single process
+        stepping over the global batch would use, so DDP trains what one process trains."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return pos, neg
+        world = dist.get_world_size()
+        size = torch.tensor([len(pos)], device=pos.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        rows = torch.cat([pos.unsqueeze(1), neg], dim=1)
+        longest = int(max(sizes))
+        padded = torch.cat([rows, rows.new_full((longest - len(rows), rows.shape[1]), -1)])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        rows = torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])
+        return rows[:, 0], rows[:, 1:]
 
     def _two_tower_step(
         self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -506,28 +530,33 @@ class MultimodalRecommender(NeuralRecommender):
         positives: every user vector against the negatives the loss asks for, one matrix
         product (shared negatives, in-batch positives) or per row (each positive's own)."""
         loss = self.loss_fn
-        uniq, inverse = torch.unique(torch.cat([pos, neg.flatten()]), return_inverse=True)
+        b = len(users)
+        all_pos, all_neg = self._global_batch(pos, neg)
+        uniq, inverse = torch.unique(
+            torch.cat([pos, neg.flatten(), all_pos, all_neg.flatten()]), return_inverse=True
+        )
         vec, bias, _ = self._item_vectors(uniq, self._unseen(uniq, True))
         uv, _ = self._user_vectors(self._user_tokens(users, pos))
-        b = len(users)
-        at_pos, at_neg = inverse[:b], inverse[b:].view(b, -1)
+        at_pos, at_neg = inverse[:b], inverse[b : b + neg.numel()].view(b, -1)
+        at_all_pos = inverse[b + neg.numel() : b + neg.numel() + len(all_pos)]
+        at_all_neg = inverse[b + neg.numel() + len(all_pos) :]
         pos_logits = (uv * vec[at_pos]).sum(-1) + bias[at_pos]
         # (items of the columns: [K] shared by the batch or [B, N] per row, logits, validity)
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if loss.share_negatives:
-            shared = torch.unique(at_neg)
+            shared = torch.unique(at_all_neg)
             cols = uniq[shared]
             parts.append((cols, uv @ vec[shared].T + bias[shared], ~self._hits(users, cols)))
         else:
             own = torch.einsum("bd,bnd->bn", uv, vec[at_neg]) + bias[at_neg]
             parts.append((neg, own, torch.ones_like(neg, dtype=torch.bool)))
         if loss.in_batch:
-            batch = torch.unique(at_pos)
+            batch = torch.unique(at_all_pos)
             cols = uniq[batch]
             parts.append((cols, uv @ vec[batch].T + bias[batch], ~self._hits(users, cols)))
         if loss.logq:
-            n_sampled = neg.numel() if loss.share_negatives else neg.shape[1]
-            n_batch = b if loss.in_batch else 0
+            n_sampled = all_neg.numel() if loss.share_negatives else neg.shape[1]
+            n_batch = len(all_pos) if loss.in_batch else 0
             pos_logits = pos_logits - self._expected_log_share(pos, n_sampled, n_batch)
             parts = [
                 (c, x - self._expected_log_share(c, n_sampled, n_batch), v) for c, x, v in parts
@@ -553,7 +582,7 @@ class MultimodalRecommender(NeuralRecommender):
         self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool, exclude_first: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`forward`'s logits and the modality weights ``[B * C, M]``: the fusion's
-        (pairwise), or the user tower's then the item tower's (two-tower, each summing to 1)."""
+        (pairwise), or the user tower's then the item tower's (two-tower, each summing to 1/2)."""
         score = self._two_tower_scores if self.two_tower else self._pairwise_scores
         return score(users, items, id_dropout, exclude_first)
 
@@ -598,7 +627,8 @@ class MultimodalRecommender(NeuralRecommender):
     @torch.no_grad()
     def modality_weights(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """Per-modality weights ``[B, C, M]`` (gated / attention fusion), else None; two-tower:
-        the user tower's over the user-side tokens, then the item tower's over the item-side."""
+        the user tower's over the user-side tokens, then the item tower's over the item-side,
+        each halved so that all of them sum to 1."""
         was_training = self.training
         self.eval()
         users, items = users.to(self.device), items.to(self.device)
