@@ -62,6 +62,7 @@ bench: $(STAMP) ## benchmarks with thread settings, load and ratio to the measur
 	$(PY) -m multirec.bench.features
 	$(PY) -m multirec.bench.evaluation
 	$(PY) -m multirec.bench.training
+	$(PY) -m multirec.bench.two_tower
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs

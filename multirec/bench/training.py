@@ -147,8 +147,8 @@ def step_flops(model: NeuralRecommender, ds) -> float:
 
 
 def fit_steps(model: NeuralRecommender, dm: RecDataModule, steps: int) -> tuple[float, float]:
-    """Positives per second and per CPU-second of ``steps`` Lightning training steps after
-    the warm-up."""
+    """Positives per second and per CPU-second of ``steps`` Lightning training steps of
+    ``dm``'s batches after the warm-up."""
     timer = Timer()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -162,7 +162,8 @@ def fit_steps(model: NeuralRecommender, dm: RecDataModule, steps: int) -> tuple[
         callbacks=[timer],
     )
     trainer.fit(model, datamodule=dm)
-    return timer.steps * BATCH / timer.seconds, timer.steps * BATCH / timer.cpu_seconds
+    positives = timer.steps * dm.batch_size
+    return positives / timer.seconds, positives / timer.cpu_seconds
 
 
 def optimiser_steps(model: NeuralRecommender) -> dict:

@@ -28,7 +28,7 @@ class TagsConfig:
 
 @dataclass
 class SplitConfig:
-    strategy: str = "random"
+    strategy: str = "random"  # random | leave_one_out | temporal | cold_items (see splits.py)
     ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     seed: int = 42
 

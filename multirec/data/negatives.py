@@ -141,6 +141,15 @@ class NegativeSampler:
             )
         return out
 
+    def draw_probabilities(self) -> np.ndarray | None:
+        """Probability of each item per draw before rejection (float64 [n_items]), which a
+        logQ-corrected loss needs; None for ``content``, whose hard slots have none."""
+        if self._neighbours is not None:
+            return None
+        if self._cdf is not None:
+            return np.diff(self._cdf, prepend=0.0)
+        return np.full(self.n_items, 1.0 / self.n_items)
+
     def _propose(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         if self._cdf is not None:
             idx = np.searchsorted(self._cdf, rng.random(shape), side="right")

@@ -276,7 +276,12 @@ def _split(cfg: DataConfig, inter: pl.DataFrame, counts: Counter) -> pl.DataFram
     """``inter`` with each interaction's split label."""
     u = inter["user_idx"].to_numpy().astype(np.int64)
     labels = split_labels(
-        u, inter["timestamp"].to_numpy(), cfg.split.strategy, list(cfg.split.ratios), cfg.split.seed
+        u,
+        inter["timestamp"].to_numpy(),
+        cfg.split.strategy,
+        list(cfg.split.ratios),
+        cfg.split.seed,
+        items=inter["item_idx"].to_numpy(),
     )
     counts["heldout_dropped_no_train_history"] = int((labels == DROPPED).sum())
     return inter.with_columns(pl.Series("split", labels))

@@ -5,8 +5,10 @@
 - ``leave_one_out``: per user by timestamp, last = test, second-to-last = validation
   (PixelRec's benchmark). Ties in time are broken by a seeded random key.
 - ``temporal``: a global time cut at the 70 % and 85 % quantiles of timestamps.
+- ``cold_items``: whole items held out (strict cold start): a seeded share ``ratios[1]`` of the
+  items has all its interactions in validation, ``ratios[2]`` in test, the rest in training.
 
-All three return a split label per interaction (0 train, 1 valid, 2 test). Held-out
+All four return a split label per interaction (0 train, 1 valid, 2 test). Held-out
 interactions of users with no training interaction are dropped (label -1) and counted
 by the caller, so every evaluated user has a history.
 """
@@ -18,7 +20,7 @@ import numpy as np
 from multirec.errors import ConfigError
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, -1
-STRATEGIES = ("random", "leave_one_out", "temporal")
+STRATEGIES = ("random", "leave_one_out", "temporal", "cold_items")
 
 
 def _rank_within_user(users: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,9 +36,34 @@ def _rank_within_user(users: np.ndarray, order: np.ndarray) -> tuple[np.ndarray,
     return rank, size
 
 
+def cold_item_labels(items: np.ndarray, ratios: list[float], seed: int) -> np.ndarray:
+    """``cold_items``: the label of each interaction is its item's, drawn per item.
+
+    Validation and test items never occur in training, so every held-out positive is an
+    item that only content can score (``protocol=cold_items`` lists them); the shares count
+    items, not interactions.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    n_items = int(items.max()) + 1 if len(items) else 0
+    order = np.random.default_rng(seed).permutation(n_items)
+    n_valid = int(np.floor(n_items * ratios[1] + 0.5))
+    n_test = int(np.floor(n_items * ratios[2] + 0.5))
+    per_item = np.full(n_items, TRAIN, dtype=np.int8)
+    per_item[order[:n_valid]] = VALID
+    per_item[order[n_valid : n_valid + n_test]] = TEST
+    return per_item[items]
+
+
 def split_labels(
-    users: np.ndarray, timestamps: np.ndarray, strategy: str, ratios: list[float], seed: int
+    users: np.ndarray,
+    timestamps: np.ndarray,
+    strategy: str,
+    ratios: list[float],
+    seed: int,
+    items: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Split label per interaction; ``items`` (item index per interaction, which
+    ``cold_items`` splits by) is needed by that strategy only."""
     if strategy not in STRATEGIES:
         raise ConfigError(
             f"data.split.strategy={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}"
@@ -48,7 +75,9 @@ def split_labels(
     rng = np.random.default_rng(seed)
     key = rng.random(len(users))
     labels = np.full(len(users), TRAIN, dtype=np.int8)
-    if strategy == "temporal":
+    if strategy == "cold_items":
+        labels = cold_item_labels(items, ratios, seed)
+    elif strategy == "temporal":
         t1, t2 = np.quantile(timestamps, [ratios[0], ratios[0] + ratios[1]])
         labels[timestamps >= t1] = VALID
         labels[timestamps >= t2] = TEST

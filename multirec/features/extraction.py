@@ -46,6 +46,7 @@ from multirec.features.cache import (
     check_space,
     check_writable,
     disk_errors,
+    load_features,
     lock_file,
     open_h5,
     verify_checksums,
@@ -158,6 +159,34 @@ def ensure_cache(
             chunk_rows,
         )
     return final
+
+
+Side = tuple[np.ndarray, np.ndarray]  # features [n_items, dim] and their validity [n_items]
+
+
+def cached_features(
+    dataset: PreparedDataset,
+    encoder_cfg: DictConfig,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    num_workers: int | None = 2,
+) -> tuple[dict[str, Side | None], dict[str, str | None]]:
+    """Each side's features (None for the ``none`` choice), extracting any missing cache
+    (``num_workers`` decode covers beside the encoder), and each side's cache identity (its
+    file name, or None): what the neural models and the content baselines are given."""
+    sides: dict[str, Side | None] = {}
+    identity: dict[str, str | None] = {}
+    for side in ("visual", "text"):
+        path = ensure_cache(
+            dataset, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers
+        )
+        if path is None:
+            sides[side], identity[side] = None, None
+            continue
+        feats, ok, _ = load_features(path)
+        sides[side] = (feats, ok)
+        identity[side] = Path(path).name
+    return sides, identity
 
 
 def _claim(

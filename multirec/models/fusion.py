@@ -29,6 +29,15 @@ class Fusion(nn.Module):
         """``[N, M, d]`` tokens -> (``[N, out_dim]`` fused vectors, ``[N, M]`` weights or None)."""
         raise NotImplementedError
 
+    def offset(self) -> nn.Parameter | None:
+        """The parameter that adds one and the same vector to every fused output, if any.
+
+        A two-tower item side freezes it: the same vector added to every item shifts all of
+        a user's scores equally, so a ranking loss gets no gradient for it but rounding
+        noise, which Adam would turn into full-size steps.
+        """
+        return None
+
 
 class ConcatFusion(Fusion):
     """MLP over the concatenated tokens: every modality weighted equally a priori."""
@@ -44,6 +53,9 @@ class ConcatFusion(Fusion):
 
     def forward(self, tokens: torch.Tensor) -> Fused:
         return self.mlp(tokens.flatten(1)), None
+
+    def offset(self) -> nn.Parameter | None:
+        return self.mlp[-1].bias
 
 
 class GatedFusion(Fusion):
@@ -116,6 +128,9 @@ class AttentionFusion(Fusion):
         else:
             received = weights.mean(1)
         return self._pool(x), received.detach()
+
+    def offset(self) -> nn.Parameter | None:
+        return self.norm2[-1].bias
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

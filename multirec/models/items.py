@@ -9,9 +9,14 @@ learned 'missing' token instead of a zero vector.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from multirec.data.dataset import PreparedDataset
+    from multirec.features.extraction import Side
 
 
 @dataclass
@@ -51,6 +56,18 @@ class ItemInputs:
             visual_ok=vok,
             text=t,
             text_ok=tok,
+        )
+
+    @classmethod
+    def of(cls, dataset: PreparedDataset, sides: dict[str, Side | None]) -> ItemInputs:
+        """The item table of a prepared dataset with each side's cached features
+        (:func:`multirec.features.extraction.cached_features`)."""
+        return cls.build(
+            dataset.tag_index(),
+            dataset.numeric_features(),
+            dataset.seen_items(),
+            sides["visual"],
+            sides["text"],
         )
 
     @property

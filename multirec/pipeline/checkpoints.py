@@ -39,6 +39,7 @@ TRUSTED_TARGETS: frozenset[str] = frozenset(
         "models.fusion.AttentionFusion",
         "models.losses.BCELoss",
         "models.losses.BPRLoss",
+        "models.losses.SoftmaxLoss",
         "models.losses.BCEContrastiveLoss",
         "features.encoders.timm_models.EfficientNetLite0Encoder",
         "features.encoders.timm_models.TimmEncoder",

@@ -11,7 +11,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from multirec.config import to_schema
@@ -19,8 +18,7 @@ from multirec.data.config import DataConfig
 from multirec.data.dataset import PreparedDataset
 from multirec.data.prepare import prepare
 from multirec.data.readers import build_reader
-from multirec.features.cache import load_features
-from multirec.features.extraction import ensure_cache
+from multirec.features.extraction import cached_features
 from multirec.models.items import ItemInputs
 
 log = logging.getLogger(__name__)
@@ -73,19 +71,5 @@ def build_item_inputs(
 ) -> tuple[ItemInputs, dict[str, str | None]]:
     """Item table for the models, extracting any missing cache (``num_workers`` decode covers
     beside the encoder); also each side's cache identity (its file name, or None)."""
-    sides: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-    identity: dict[str, str | None] = {}
-    for side in ("visual", "text"):
-        path = ensure_cache(
-            ds, encoder_cfg[side], Path(cache_dir), device=device, num_workers=num_workers
-        )
-        if path is None:
-            sides[side], identity[side] = None, None
-            continue
-        feats, ok, _ = load_features(path)
-        sides[side] = (feats, ok)
-        identity[side] = Path(path).name
-    items = ItemInputs.build(
-        ds.tag_index(), ds.numeric_features(), ds.seen_items(), sides["visual"], sides["text"]
-    )
-    return items, identity
+    sides, identity = cached_features(ds, encoder_cfg, cache_dir, device, num_workers)
+    return ItemInputs.of(ds, sides), identity

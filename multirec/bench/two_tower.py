@@ -1,0 +1,154 @@
+"""Two-tower scoring at PixelRec50K scale (`python -m multirec.bench.two_tower [users=N]`).
+
+Targets on 2 CPU cores: full ranking of every test user (the evaluator's real path: scores,
+masking, top-K, metrics) in under 5 minutes, one training epoch in under 2 minutes, peak
+RSS under 2 GiB. Features are random, of the real dimensions (EfficientNet-Lite0 1280-d,
+MiniLM 384-d), for the 82,865 items of the pixelrec50k sample the training benchmark
+prepares; the model is ``conf/train.yaml``'s with ``model.scoring=two_tower``.
+
+Full ranking runs over ``users`` test users (default: all) and is extrapolated to all of them
+when fewer are given; the item vectors are computed once per evaluation and reported
+apart. Beside it, the same evaluator ranks with a 64-factor dot product (BPR-MF's
+scoring) on the same users, the cost two-tower scoring is meant to match. The epoch is
+timed over ``STEPS`` batches of the real data module after a warm-up and extrapolated to
+the epoch's batch count. Each run is a fresh process, so the peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from multirec.bench.common import in_subprocess, peak_rss_mib, write
+from multirec.bench.training import CONF, dataset, fit_steps
+from multirec.config import build
+from multirec.data.dataset import PreparedDataset
+from multirec.eval.evaluator import evaluate
+from multirec.eval.protocols import FullProtocol
+from multirec.models.base import Recommender, Validation
+from multirec.models.items import ItemInputs
+from multirec.models.neural import build_model, dataset_sizes
+
+STEPS = 40
+OVERRIDES = ["model.scoring=two_tower", "loss=softmax"]
+
+
+class DotProduct(Recommender):
+    """Random 64-factor user and item vectors plus an item bias: BPR-MF's scoring cost."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 64) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.p = torch.randn(n_users, factors, generator=gen)
+        self.q = torch.randn(n_items, factors, generator=gen)
+        self.b = torch.zeros(n_items)
+
+    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
+        """Nothing to learn: only the scoring cost is measured."""
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bf,bcf->bc", self.p[users], self.q[items]) + self.b[items]
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b, self.p[users.cpu()], self.q.T)
+
+
+def random_features(n: int, dim: int, rng: np.random.Generator, block: int = 8192) -> np.ndarray:
+    """float16 [n, dim] drawn in blocks, so no float32 copy of the whole table exists."""
+    out = np.empty((n, dim), dtype=np.float16)
+    for s in range(0, n, block):
+        out[s : s + block] = rng.standard_normal((min(block, n - s), dim), dtype=np.float32)
+    return out
+
+
+def random_items(ds: PreparedDataset) -> ItemInputs:
+    rng = np.random.default_rng(0)
+    n = ds.n_items
+    ok = np.ones(n, dtype=bool)
+    return ItemInputs.build(
+        ds.tag_index(),
+        ds.numeric_features(),
+        ds.seen_items(),
+        (random_features(n, 1280, rng), ok),
+        (random_features(n, 384, rng), ok),
+    )
+
+
+def full_ranking(model: Recommender, ds: PreparedDataset, n_users: int) -> dict:
+    """Seconds to rank the whole catalogue for ``n_users`` test users, and extrapolated."""
+    everyone = len(np.unique(ds.split("test").users))
+    fraction = min(1.0, n_users / everyone)
+    t0 = time.perf_counter()
+    result = evaluate(model, ds, FullProtocol(user_fraction=fraction), "test")
+    seconds = time.perf_counter() - t0
+    ranked = result.metrics["test/full/n_users"]
+    return {
+        "users_ranked": ranked,
+        "test_users": everyone,
+        "seconds": seconds,
+        "seconds_all_test_users": seconds * everyone / ranked,
+        "extrapolated": ranked < everyone,
+    }
+
+
+def run(n_users: int | None) -> dict:
+    torch.manual_seed(0)
+    ds = dataset()
+    items = random_items(ds)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", OVERRIDES)
+    model = build_model(cfg.model, dataset_sizes(ds, items))
+    model.attach(ds, items)
+    n_users = n_users or ds.n_users
+
+    # one epoch of the real data module, timed over STEPS batches after a warm-up
+    dm = build(cfg.datamodule, dataset=ds)
+    positives_per_s, _ = fit_steps(model, dm, STEPS)
+    step_s = dm.batch_size / positives_per_s
+    batches = len(dm.train_dataloader().dataset)
+
+    model.eval()
+    t0 = time.perf_counter()
+    model.score_all(torch.tensor([0]))  # fills the item-vector cache
+    table_s = time.perf_counter() - t0
+    two_tower = full_ranking(model, ds, n_users)
+    reference = full_ranking(DotProduct(ds.n_users, ds.n_items).fit(ds), ds, n_users)
+    vec, _, _ = model._item_table()
+    return {
+        "overrides": OVERRIDES,
+        "loss": str(cfg.loss._target_).rsplit(".", 1)[-1],
+        "fusion": str(cfg.fusion._target_).rsplit(".", 1)[-1],
+        "n_users": ds.n_users,
+        "n_items": ds.n_items,
+        "train_interactions": len(ds.train),
+        "batch_size": dm.batch_size,
+        "num_negatives": dm.num_negatives,
+        "vector_dim": int(vec.shape[1]),
+        "train_step_s": step_s,
+        "train_batches_per_epoch": batches,
+        "epoch_s_extrapolated": step_s * batches,
+        "item_vectors_s": table_s,
+        "full_ranking_two_tower": two_tower,
+        "full_ranking_dot64_reference": reference,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def main() -> None:
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    if "run" in sys.argv[1:]:
+        import json
+
+        print(json.dumps(run(int(args["users"]) if "users" in args else None)))
+        return
+    dataset()  # prepare once, outside the measured process
+    extra = [f"users={args['users']}"] if "users" in args else []
+    result = in_subprocess("multirec.bench.two_tower", "run", *extra)
+    write("two_tower", {"threads": torch.get_num_threads(), **result})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The multimodal recommender's tokens: every input projected into one shared space.
+
+User and item ids, visual, text, tag and numerical features each become a ``dim``-wide
+token; user-side tokens (id, mean history, content profiles) describe a user's taste with
+the same projections as the items they are compared with. Both scoring designs
+(:mod:`multirec.models.pairwise`, :mod:`multirec.models.two_tower`) start from these tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from multirec.errors import MultirecError
+from multirec.models.items import ItemInputs
+
+# user-side token -> the item-side token it is compared with (agreement terms)
+PARTNER = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+    )
+
+
+def mean_profiles(
+    train: sp.csr_matrix, feats: torch.Tensor, ok: np.ndarray, block: int = 256
+) -> torch.Tensor:
+    """Per-user mean of the features of its training items with valid features (float16).
+
+    Computed as a sparse x dense product in column blocks, so the float32 working copy
+    stays ``n_items x block`` whatever the feature dimension.
+    """
+    weights = train.multiply(ok[None, :].astype(np.float32)).tocsr()
+    counts = np.asarray(weights.sum(axis=1)).ravel()
+    scale = sp.diags(1.0 / np.maximum(counts, 1.0))
+    weights = (scale @ weights).astype(np.float32)
+    out = np.empty((train.shape[0], feats.shape[1]), dtype=np.float16)
+    for s in range(0, feats.shape[1], block):
+        out[:, s : s + block] = weights @ feats[:, s : s + block].float().numpy()
+    return torch.from_numpy(out)
+
+
+class ModalityTokens:
+    """Mixin of :class:`~multirec.models.recommender.MultimodalRecommender`: builds the
+    projections from its hyperparameters and turns user and item indices into tokens."""
+
+    def _build_tokens(self) -> None:
+        """One projection per switched-on modality, in a fixed order (so a seed gives the same
+        weights); a modality switched off gets no parameters at all."""
+        hp = self.hparams
+        dim, dropout, hidden = hp.dim, hp.dropout, hp.projection_hidden
+        # user-side tokens come first, then item-side tokens; `modalities` names them in order
+        self.user_modalities: list[str] = []
+        self.item_modalities: list[str] = []
+        if hp.use_ids:
+            self.user_emb = nn.Embedding(hp.n_users, dim)
+            self.item_emb = nn.Embedding(hp.n_items, dim)
+            # shared vector for items without training interactions (cold start); trained by
+            # replacing a random share `id_dropout` of item ids with it
+            self.unseen_item = nn.Parameter(torch.zeros(dim))
+            for emb in (self.user_emb, self.item_emb):
+                nn.init.normal_(emb.weight, std=0.05)
+            self.user_modalities.append("user")
+            self.item_modalities.append("item")
+        if hp.visual_dim:
+            self.visual_proj = mlp(hp.visual_dim, hidden, dim, dropout)
+            self.visual_missing = nn.Parameter(torch.zeros(dim))
+            self.item_modalities.append("visual")
+        if hp.text_dim:
+            self.text_proj = mlp(hp.text_dim, hidden, dim, dropout)
+            self.text_missing = nn.Parameter(torch.zeros(dim))
+            self.item_modalities.append("text")
+        if hp.user_profile:
+            # the user's taste: the mean id embedding of its training items (collaborative, as
+            # in FISM/SVD++) and the mean feature of each content modality through the same
+            # projection as items, so the fusion can compare user and item directly
+            if hp.use_ids:
+                self.user_modalities.append("user_history")
+            self.user_modalities += [
+                f"user_{m}" for m in ("visual", "text") if m in self.item_modalities
+            ]
+        if hp.use_tags:
+            self.tag_proj = nn.Sequential(
+                nn.Embedding(hp.n_tags, dim), nn.GELU(), nn.Linear(dim, dim)
+            )
+            self.item_modalities.append("tag")
+        if hp.use_numeric and hp.n_numeric:
+            self.numeric_proj = mlp(hp.n_numeric, hidden, dim, dropout)
+            self.item_modalities.append("numeric")
+        if not self.user_modalities:
+            raise MultirecError(
+                "the model has no user-side token: enable model.use_ids or model.user_profile with an encoder"
+            )
+        if not self.item_modalities:
+            raise MultirecError(
+                "the model has no item modality left: enable ids, an encoder, tags or numerics"
+            )
+
+    @property
+    def scores_cold_items(self) -> bool:
+        """Whether items without training interactions get scores of their own: only through
+        item content (cover, text, tag, counts). Without it they all share the 'unseen' id
+        vector (and bias), so they tie with each other."""
+        return any(m != "item" for m in self.item_modalities)
+
+    def attach_items(self, items: ItemInputs, train_matrix: sp.spmatrix | None = None) -> None:
+        """Give the model its item table and, for user profiles, the training matrix.
+
+        Neither is saved in checkpoints (see :meth:`NeuralRecommender.attach`).
+        """
+        hp = self.hparams
+        if items.visual_dim != hp.visual_dim or items.text_dim != hp.text_dim:
+            raise MultirecError(
+                f"feature dimensions (visual {items.visual_dim}, text {items.text_dim}) do not match the "
+                f"model's (visual {hp.visual_dim}, text {hp.text_dim}); use the encoder the model was trained with"
+            )
+        self.items = items
+        self.profiles, self.profile_counts = {}, {}
+        sides = [
+            m.removeprefix("user_")
+            for m in self.user_modalities
+            if m in ("user_visual", "user_text")
+        ]
+        needs_matrix = sides or "user_history" in self.user_modalities or self.two_tower
+        if needs_matrix and train_matrix is None:
+            raise MultirecError(
+                "user profiles and two-tower training need the training matrix: "
+                "attach_items(items, train_matrix)"
+            )
+        if train_matrix is None:
+            return
+        binary = sp.csr_matrix(train_matrix, dtype=np.float32)
+        binary.sum_duplicates()
+        binary.data[:] = 1.0
+        if "user_history" in self.user_modalities:
+            self.history = binary
+        if self.two_tower:
+            self.train_matrix = binary
+            counts = np.asarray(binary.sum(axis=0)).ravel()
+            self.item_log_share = torch.from_numpy(
+                np.log(np.maximum(counts, 0.5) / max(binary.nnz, 1)).astype(np.float32)
+            )
+        for side in sides:
+            feats, ok = getattr(items, side), getattr(items, f"{side}_ok").numpy()
+            self.profiles[side] = mean_profiles(binary, feats, ok)
+            n_ok = np.asarray(binary.multiply(ok[None, :].astype(np.float32)).sum(axis=1)).ravel()
+            self.profile_counts[side] = torch.from_numpy(n_ok.astype(np.float32))
+
+    def _unseen(self, items: torch.Tensor, id_dropout: bool) -> torch.Tensor:
+        """Which of ``items`` use the shared 'unseen' id: no training interactions, or (in
+        training) a random share ``id_dropout`` that teaches the shared vector."""
+        unseen = ~self.items.seen[items.to(self.items.tag.device)].to(self.device)
+        if id_dropout and self.hparams.id_dropout > 0:
+            unseen = unseen | (torch.rand(len(items), device=self.device) < self.hparams.id_dropout)
+        return unseen
+
+    def _item_tokens(self, items: torch.Tensor, unseen: torch.Tensor) -> list[torch.Tensor]:
+        """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``."""
+        assert self.items is not None, "call attach_items() first"
+        it = self.items
+        dev = self.device
+        idx = items.to(it.tag.device)
+        out = []
+        if self.hparams.use_ids:
+            q = self.item_emb(items)
+            out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
+        if self.hparams.visual_dim:
+            v = self.visual_proj(it.visual[idx].to(dev, torch.float32))
+            out.append(
+                torch.where(
+                    it.visual_ok[idx].to(dev).unsqueeze(1), v, self.visual_missing.expand_as(v)
+                )
+            )
+        if self.hparams.text_dim:
+            t = self.text_proj(it.text[idx].to(dev, torch.float32))
+            out.append(
+                torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t))
+            )
+        if self.hparams.use_tags:
+            out.append(self.tag_proj(it.tag[idx].to(dev)))
+        if "numeric" in self.item_modalities:
+            out.append(self.numeric_proj(it.numeric[idx].to(dev)))
+        return out
+
+    def _user_tokens(
+        self, users: torch.Tensor, without: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """User-side tokens for a 1-D tensor of user indices, each ``[n, dim]``.
+
+        ``without[b]`` (two-tower training) is a training item of ``users[b]`` left out of its
+        history and content profiles, so that the positive is scored against the user as
+        held-out items are at evaluation, not against a profile containing itself.
+        """
+        out = []
+        if self.hparams.use_ids:
+            out.append(self.user_emb(users))
+        idx = users.cpu()
+        if self.history is not None:
+            total, n = self._history_sum(idx), self._history_count(idx)
+            if without is not None:
+                total, n = total - self.item_emb(without), n - 1
+            out.append(total / n.clamp(min=1).unsqueeze(1))
+        for side, prof in self.profiles.items():
+            proj = self.visual_proj if side == "visual" else self.text_proj
+            x = prof[idx].to(self.device, torch.float32)
+            if without is not None:
+                it, w = self.items, without.cpu()
+                n = self.profile_counts[side][idx].to(self.device).unsqueeze(1)
+                ok = getattr(it, f"{side}_ok")[w].to(self.device, torch.float32).unsqueeze(1)
+                own = getattr(it, side)[w].to(self.device, torch.float32) * ok
+                x = (x * n - own) / (n - ok).clamp(min=1)
+            out.append(proj(x))
+        return out
+
+    def _history_count(self, users: torch.Tensor) -> torch.Tensor:
+        h = self.history
+        return torch.from_numpy(np.diff(h.indptr)[users.numpy()].astype(np.float32)).to(self.device)
+
+    def _history_sum(self, users: torch.Tensor) -> torch.Tensor:
+        """Sum of the id embeddings of each user's training items (sparse x dense)."""
+        rows = self.history[users.numpy()].tocoo()
+        idx = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
+        mat = torch.sparse_coo_tensor(
+            idx,
+            torch.from_numpy(rows.data),
+            (len(users), self.hparams.n_items),
+            check_invariants=False,
+        )
+        return torch.sparse.mm(mat.to(self.device), self.item_emb.weight)

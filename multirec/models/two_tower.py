@@ -1,0 +1,214 @@
+"""Two-tower scoring: one fused vector per user and per item, scored by their dot product.
+
+The fusion runs over the item-side tokens into an item vector and over the user-side tokens
+into a user vector; with ``match`` the per-modality agreement terms are concatenated to both,
+so the score stays one dot product. The catalogue's item vectors are computed once per set
+of weights and full ranking is a matrix product, at BPR-MF's cost. Training scores each user
+against shared, in-batch or per-row negatives, as the loss asks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from multirec.config import build
+from multirec.models.tokens import PARTNER
+
+ITEM_CHUNK = 4096  # items per pass of the item tower when the whole catalogue is scored
+
+
+class TwoTowerScoring:
+    """Mixin of :class:`~multirec.models.recommender.MultimodalRecommender` for
+    ``model.scoring=two_tower``."""
+
+    def _build_two_tower(self, fusion: dict, dim: int, match: bool) -> None:
+        self.user_fusion = build(fusion, dim=dim, n_tokens=len(self.user_modalities))
+        self.item_fusion = build(fusion, dim=dim, n_tokens=len(self.item_modalities))
+        # flatten pooling gives each tower its own width: bring both to `dim`
+        self.user_out = (
+            nn.Linear(self.user_fusion.out_dim, dim)
+            if self.user_fusion.out_dim != dim
+            else nn.Identity()
+        )
+        self.item_out = (
+            nn.Linear(self.item_fusion.out_dim, dim, bias=False)
+            if self.item_fusion.out_dim != dim
+            else nn.Identity()
+        )
+        offset = self.item_fusion.offset()  # no ranking signal reaches it: see Fusion.offset
+        if offset is not None:
+            offset.requires_grad_(False)
+        # agreement terms grouped by item-side token: the user tokens compared with one item
+        # token are summed, so the vectors grow by `dim` per item token, not per pair; the id
+        # block, (p_u + mean history) . q_i, is matrix factorisation itself (with FISM's term)
+        partners = [m for m in ("item", "visual", "text") if m in self.item_modalities]
+        pairs = [
+            ([k for k, u in enumerate(self.user_modalities) if PARTNER[u] == m], m)
+            for m in partners
+        ]
+        self.agreement = (
+            [(users, self.item_modalities.index(m)) for users, m in pairs if users] if match else []
+        )
+        if self.hparams.use_ids:
+            # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias
+            self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
+            self.unseen_bias = nn.Parameter(torch.zeros(()))
+
+    def _user_vectors(self, toks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """User vectors ``[n, D]`` (fused, then one summed agreement token per item partner,
+        all scaled by ``dim ** -0.5``) and the user fusion's weights."""
+        fused, weights = self.user_fusion(torch.stack(toks, dim=1))
+        parts = [self.user_out(fused)]
+        parts += [torch.stack([toks[k] for k in users]).sum(0) for users, _ in self.agreement]
+        return torch.cat(parts, dim=1) * self.hparams.dim**-0.5, weights
+
+    def _item_vectors(
+        self, items: torch.Tensor, unseen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Item vectors ``[n, D]``, biases ``[n]`` and the item fusion's weights."""
+        toks = self._item_tokens(items, unseen)
+        fused, weights = self.item_fusion(torch.stack(toks, dim=1))
+        vec = torch.cat([self.item_out(fused), *(toks[k] for _, k in self.agreement)], dim=1)
+        if self.hparams.use_ids:
+            bias = torch.where(unseen, self.unseen_bias, self.item_bias[items])
+        else:
+            bias = torch.zeros(len(items), device=self.device)
+        return vec, bias, weights
+
+    def _weights_key(self) -> tuple:
+        """Changes whenever any weight does: an optimiser step or a loaded state bumps a
+        tensor's version counter, moving the model moves its storage."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _item_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Vectors, biases and fusion weights of the whole catalogue, in eval mode.
+
+        Computed in chunks (bounded memory whatever the catalogue) and kept until a weight or
+        the item inputs change, so an evaluation computes them once however many users it
+        scores; resumed training invalidates them with its first step.
+        """
+        assert not self.training, "item vectors are cached for scoring in eval mode only"
+        key = self._weights_key()
+        if self._table is None or self._table[0] is not self.items or self._table[1] != key:
+            n = self.hparams.n_items
+            parts = []
+            for s in range(0, n, ITEM_CHUNK):
+                items = torch.arange(s, min(s + ITEM_CHUNK, n), device=self.device)
+                parts.append(self._item_vectors(items, self._unseen(items, False)))
+            vec, bias, weights = (
+                torch.cat([p[j] for p in parts]) if parts[0][j] is not None else None
+                for j in range(3)
+            )
+            self._table = (self.items, key, vec, bias, weights)
+        return self._table[2], self._table[3], self._table[4]
+
+    def _expected_log_share(
+        self, items: torch.Tensor, n_sampled: int, n_batch: int
+    ) -> torch.Tensor:
+        """log P(item among a row's negatives): ``n_sampled`` draws from the sampler and, with
+        in-batch negatives, the batch's ``n_batch`` positives (drawn by popularity)."""
+        q = (
+            self.draw_probabilities[items.cpu()].to(self.device)
+            if self.draw_probabilities is not None
+            else torch.full(items.shape, 1.0 / self.hparams.n_items, device=self.device)
+        )
+        log_miss = n_sampled * torch.log1p(-q.clamp(max=1 - 1e-7))
+        if n_batch:
+            p = self.item_log_share[items.cpu()].to(self.device).exp()
+            log_miss = log_miss + n_batch * torch.log1p(-p.clamp(max=1 - 1e-7))
+        return torch.log((-torch.expm1(log_miss)).clamp(min=1e-12))
+
+    def _hits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: is ``items[k]`` a training item of ``users[b]``? (O(history), not O(B K))"""
+        rows = self.train_matrix[users.cpu().numpy()]
+        column = np.full(self.hparams.n_items, -1, dtype=np.int64)
+        column[items.cpu().numpy()] = np.arange(len(items))
+        r = np.repeat(np.arange(len(users)), np.diff(rows.indptr))
+        c = column[rows.indices]
+        hit = torch.zeros(len(users), len(items), dtype=torch.bool)
+        hit[torch.from_numpy(r[c >= 0]), torch.from_numpy(c[c >= 0])] = True
+        return hit.to(self.device)
+
+    def _two_tower_scores(
+        self, users: torch.Tensor, items: torch.Tensor, id_dropout: bool, exclude_first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, c = items.shape
+        if self.training:
+            uniq, inverse = torch.unique(items.flatten(), return_inverse=True)
+            vec, bias, iw = self._item_vectors(uniq, self._unseen(uniq, id_dropout))
+        else:
+            vec, bias, iw = self._item_table()
+            inverse = items.flatten()
+        uv, uw = self._user_vectors(
+            self._user_tokens(users, items[:, 0] if exclude_first else None)
+        )
+        logits = torch.einsum("bd,bcd->bc", uv, vec[inverse].view(b, c, -1))
+        logits = logits + bias[inverse].view(b, c)
+        if uw is None or iw is None:
+            return logits, None
+        # each tower's weights halved, so that they sum to 1 over `modalities` as pairwise ones do
+        weights = torch.cat([uw.unsqueeze(1).expand(b, c, -1), iw[inverse].view(b, c, -1)], dim=2)
+        return logits, weights.flatten(0, 1) / 2
+
+    @staticmethod
+    def _global_batch(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positives and negatives of the whole global batch under DDP (this process's
+        alone otherwise): shared and in-batch negatives are then the ones a single process
+        stepping over the global batch would use, so DDP trains what one process trains."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return pos, neg
+        world = dist.get_world_size()
+        size = torch.tensor([len(pos)], device=pos.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        rows = torch.cat([pos.unsqueeze(1), neg], dim=1)
+        longest = int(max(sizes))
+        padded = torch.cat([rows, rows.new_full((longest - len(rows), rows.shape[1]), -1)])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        rows = torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])
+        return rows[:, 0], rows[:, 1:]
+
+    def _two_tower_step(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Positive logits ``[B]``, negative logits ``[B, K]``, their validity and the distinct
+        positives: every user vector against the negatives the loss asks for, one matrix
+        product (shared negatives, in-batch positives) or per row (each positive's own)."""
+        loss = self.loss_fn
+        b = len(users)
+        all_pos, all_neg = self._global_batch(pos, neg)
+        uniq, inverse = torch.unique(
+            torch.cat([pos, neg.flatten(), all_pos, all_neg.flatten()]), return_inverse=True
+        )
+        vec, bias, _ = self._item_vectors(uniq, self._unseen(uniq, True))
+        uv, _ = self._user_vectors(self._user_tokens(users, pos))
+        at_pos, at_neg = inverse[:b], inverse[b : b + neg.numel()].view(b, -1)
+        at_all_pos = inverse[b + neg.numel() : b + neg.numel() + len(all_pos)]
+        at_all_neg = inverse[b + neg.numel() + len(all_pos) :]
+        pos_logits = (uv * vec[at_pos]).sum(-1) + bias[at_pos]
+        # (items of the columns: [K] shared by the batch or [B, N] per row, logits, validity)
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if loss.share_negatives:
+            shared = torch.unique(at_all_neg)
+            cols = uniq[shared]
+            parts.append((cols, uv @ vec[shared].T + bias[shared], ~self._hits(users, cols)))
+        else:
+            own = torch.einsum("bd,bnd->bn", uv, vec[at_neg]) + bias[at_neg]
+            parts.append((neg, own, torch.ones_like(neg, dtype=torch.bool)))
+        if loss.in_batch:
+            batch = torch.unique(at_all_pos)
+            cols = uniq[batch]
+            parts.append((cols, uv @ vec[batch].T + bias[batch], ~self._hits(users, cols)))
+        if loss.logq:
+            n_sampled = all_neg.numel() if loss.share_negatives else neg.shape[1]
+            n_batch = len(all_pos) if loss.in_batch else 0
+            pos_logits = pos_logits - self._expected_log_share(pos, n_sampled, n_batch)
+            parts = [
+                (c, x - self._expected_log_share(c, n_sampled, n_batch), v) for c, x, v in parts
+            ]
+        neg_logits = torch.cat([x for _, x, _ in parts], dim=1)
+        return pos_logits, neg_logits, torch.cat([v for _, _, v in parts], dim=1), pos.unique()
