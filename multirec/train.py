@@ -13,6 +13,8 @@ from multirec.runtime import apply_thread_policy
 
 # isort: split
 import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):  # a resumed run continues in its own directory
             cfg.paths.output_dir = str(previous)
         log.info("resuming %s: the run continues in %s", cfg.ckpt_path, previous)
+        # Lightning warns that a checkpoint folder is not empty: it holds this run's own
+        warnings.filterwarnings(
+            "ignore", message=f"Checkpoint directory {re.escape(str(previous))}.* is not empty"
+        )
     out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
     items, caches = build_item_inputs(

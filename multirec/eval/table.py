@@ -131,8 +131,8 @@ class SweepTable(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         runs = collect(self.jobs, self.label)
-        if not runs:
-            log.warning("no job of this sweep wrote test metrics: nothing to tabulate")
+        if not runs:  # a sweep with test=false (as a tuning search) has no test metrics
+            log.debug("no job of this sweep wrote test metrics: nothing to tabulate")
             return
         folder = self.jobs[0][0].parent
         atomic_write_bytes(folder / "table.md", (format_tables(runs) + "\n").encode())
