@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from multirec.cli import user_errors
+from multirec.cli import in_sweep, print_config_tree, user_errors
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ConfigError
@@ -66,8 +66,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "ils_features": "tags (same tag other than 'rare' = 1, else 0)",
     }
     metrics = write_results([result], Path(cfg.paths.output_dir), provenance)
-    print(format_tables([(model.name, metrics)]))
-    print(f"results written to {cfg.paths.output_dir}")
+    if not in_sweep():  # a sweep prints one table over its jobs at its end
+        print(format_tables([(model.name, metrics)], compact=True))
+        print(f"results written to {cfg.paths.output_dir}  (every metric: metrics.json)")
     return metrics
 
 
@@ -75,6 +76,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @user_errors
 def main(cfg: DictConfig) -> float | None:
     apply_thread_policy(cfg.threads, cfg.device)
+    print_config_tree(cfg)
     metrics = run(cfg)
     # set by experiment=tune only: the value its sweeper maximises
     if "optimized_metric" not in cfg:

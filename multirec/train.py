@@ -13,6 +13,8 @@ from multirec.runtime import apply_thread_policy
 
 # isort: split
 import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from multirec.cli import user_errors
+from multirec.cli import in_sweep, print_config_tree, user_errors
 from multirec.config import build
+from multirec.data.datamodule import shard_bounds
 from multirec.errors import ConfigError
 from multirec.eval.callback import RankingEvaluation
 from multirec.eval.table import format_tables
@@ -77,6 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):  # a resumed run continues in its own directory
             cfg.paths.output_dir = str(previous)
         log.info("resuming %s: the run continues in %s", cfg.ckpt_path, previous)
+        # Lightning warns that a checkpoint folder is not empty: it holds this run's own
+        warnings.filterwarnings(
+            "ignore", message=f"Checkpoint directory {re.escape(str(previous))}.* is not empty"
+        )
     out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
     items, caches = build_item_inputs(
@@ -100,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     model = build_model(cfg.model, dataset_sizes(ds, items), provenance)
     model.attach(ds, items)
+    log.info("model %s: %s", model.name, parameter_counts(model))
     if cfg.ckpt_path:
         check_resume(cfg.ckpt_path, model)
     check_step_times(model, datamodule, evaluation, cfg.test, cfg.long_step_hours, cfg.allow_long)
@@ -107,6 +115,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [evaluation, *(build(c) for c in (cfg.get("callbacks") or {}).values())]
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # the training loss is logged every log_every_n_steps batches: no more than an epoch
+    # holds, or a small dataset logs none
+    steps = len(shard_bounds(len(ds.train), datamodule.batch_size, 0, trainer.world_size))
+    trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -141,15 +153,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**run, "metrics": metrics, "comparison": comparison}
 
 
+def parameter_counts(model: L.LightningModule) -> str:
+    """``N parameters (M trainable)``: what Lightning's model summary would tell."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{total:,} parameters ({trainable:,} trainable)"
+
+
 def results_table(result: dict[str, Any]) -> str:
-    """Test metrics of the model beside the baselines scored on the same candidates."""
+    """Compact test metrics of the model beside the baselines scored on the same candidates."""
     choices = result["choices"]
     # fusion and loss shape only the multimodal model; other models are named with their encoder
     parts = ("encoder", "fusion", "loss") if choices.get("model") == "multimodal" else ("encoder",)
     settings = "+".join(choices[k] for k in parts if k in choices)
     label = f"{choices.get('model', result['model'])} ({settings})" if settings else result["model"]
     tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
-    return format_tables([(label, tests), *result["comparison"].items()])
+    return format_tables([(label, tests), *result["comparison"].items()], compact=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -161,6 +180,7 @@ def main(cfg: DictConfig) -> float | None:
         )
     apply_thread_policy(cfg.threads, cfg.device)
     check_launch(cfg)
+    rank_zero_only(print_config_tree)(cfg)
     result = train(cfg)
     print_summary(result)
     return result["metrics"].get(cfg.optimized_metric)
@@ -168,8 +188,10 @@ def main(cfg: DictConfig) -> float | None:
 
 @rank_zero_only
 def print_summary(result: dict[str, Any]) -> None:
-    print(results_table(result))
-    print(f"run directory:   {result['run_dir']}")
+    """The run's compact table (in a sweep: the sweep's table at its end) and where it is."""
+    if not in_sweep():
+        print(results_table(result))
+    print(f"run directory:   {result['run_dir']}  (every metric: metrics.json)")
     print(f"best checkpoint: {result['best_checkpoint']}")
     wandb_dir = Path(result["run_dir"]) / "wandb"
     if wandb_dir.exists():

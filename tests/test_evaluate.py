@@ -21,7 +21,7 @@ from multirec.data.dataset import PreparedDataset
 from multirec.errors import MultirecError
 from multirec.eval.evaluator import evaluate, tag_features
 from multirec.eval.protocols import FullProtocol, SampledProtocol
-from multirec.eval.table import format_tables
+from multirec.eval.table import format_tables, job_labels
 from multirec.evaluate import run
 from multirec.models.base import Recommender, Validation
 from tests.conftest import compose_cfg
@@ -135,6 +135,9 @@ def test_unknown_keys_are_errors(tmp_path):
         compose_cfg("evaluate", ["protocol=sampled", "protocol.negatives=5"], tmp_path)
 
 
+COMPACT_COLUMNS = ["recall@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20", "mrr@20"]
+
+
 def test_format_tables():
     text = format_tables(
         [
@@ -144,6 +147,29 @@ def test_format_tables():
     )
     assert "test/sampled (3 lists)" in text and "test/full (2 lists)" in text
     assert "| A     |  0.5000 |" in text and "| B     |  0.2500 |" in text
+
+
+def test_compact_tables_keep_six_columns_sampled_first():
+    metrics = {
+        f"test/{p}/{m}@{k}": 0.5
+        for p in ("full", "cold_items", "sampled")
+        for m in ("recall", "ndcg", "mrr", "hitrate", "novelty")
+        for k in (5, 10, 20)
+    }
+    compact = format_tables([("A", metrics)], compact=True)
+    titles = [line.split(" (")[0] for line in compact.splitlines() if line.startswith("test/")]
+    assert titles == ["test/sampled", "test/full", "test/cold_items"]
+    headers = [line for line in compact.splitlines() if line.startswith("| model")]
+    assert len(headers) == 3
+    for header in headers:
+        assert [c.strip() for c in header.split("|")[2:-1]] == COMPACT_COLUMNS
+    assert "hitrate@5" in format_tables([("A", metrics)])
+
+
+def test_sweep_rows_are_labelled_by_the_overrides_that_vary():
+    jobs = [["data=tiny", "encoder=clip_bert", "seed=1"], ["data=tiny", "encoder=dino_bert"]]
+    assert job_labels(jobs) == ["encoder=clip_bert seed=1", "encoder=dino_bert"]
+    assert job_labels([["data=tiny"]]) == [""]
 
 
 def test_multirun_prints_one_table_per_protocol(tmp_path):
@@ -164,10 +190,15 @@ def test_multirun_prints_one_table_per_protocol(tmp_path):
         text=True,
         check=True,
     ).stdout
-    tables = out[out.rindex("test/full (") :]
-    assert "test/sampled (" in tables
+    # no job prints a table of its own: one compact table per protocol, sampled first
+    assert out.count("test/sampled (") == 1 and out.count("test/full (") == 1
+    tables = out[out.index("test/sampled (") :]
+    assert tables.index("test/sampled (") < tables.index("test/full (")
     assert tables.count("| Random") == 2 and tables.count("| MostPopular") == 2
-    assert list(tmp_path.glob("outputs/multirun/evaluate/*/table.md"))
+    header = next(line for line in tables.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.split("|")[2:-1]] == COMPACT_COLUMNS
+    (table_md,) = tmp_path.glob("outputs/multirun/evaluate/*/table.md")
+    assert "hitrate@5" in table_md.read_text()  # the file keeps every metric
 
 
 def test_a_checkpoint_is_scored_on_the_baselines_candidates(tiny_trained, tmp_path):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from torch import nn
 
 from multirec.errors import ConfigError
-from multirec.runtime import choose_policy, model_threads
+from multirec.runtime import choose_policy, model_threads, timing
 from multirec.runtime import threads as threads_mod
 from multirec.runtime.inference import fold_batchnorm
 
@@ -152,3 +153,12 @@ def test_a_too_long_full_ranking_is_refused_naming_the_settings(tiny_prepared):
     with pytest.raises(ConfigError, match=r"protocols\.full\.user_fraction=.*allow_long=true"):
         check_step_times(model, datamodule, evaluation, True, 1e-9, False)
     check_step_times(model, datamodule, evaluation, True, 1e-9, True)
+
+
+def test_progress_bars_appear_only_on_long_steps(monkeypatch, capsys):
+    assert list(timing.progress(range(3), "quick step", "item")) == [0, 1, 2]
+    assert "quick step" not in capsys.readouterr().err
+    monkeypatch.setattr(timing, "PROGRESS_DELAY_S", 0.05)
+    for _ in timing.progress(range(3), "long step", "item"):
+        time.sleep(0.15)
+    assert "long step" in capsys.readouterr().err

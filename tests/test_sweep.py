@@ -52,6 +52,14 @@ def test_paper_sweep_extracts_once_per_encoder_and_reports_both_pairs(tmp_path):
         tmp_path,
     )
 
+    # the sweep ends with one compact table per protocol, a row per job named by what varies
+    # in it; no job prints a table of its own
+    assert log.count("test/sampled (") == 1 and log.count("test/full (") == 1
+    summary = log[log.index("test/sampled (") :]
+    for encoder in ("clip_bert", "dino_bert"):
+        for seed in (1, 2):
+            assert summary.count(f"| encoder={encoder} seed={seed} ") == 2, summary
+
     sweeps = list((tmp_path / "outputs" / "multirun" / "paper_encoders").iterdir())
     assert len(sweeps) == 1, sweeps  # one sweep folder, named after the experiment
     runs = [json.loads(p.read_text()) for p in sweeps[0].rglob("evaluation.json")]

@@ -34,6 +34,7 @@ from multirec.data.dataset import PreparedDataset
 from multirec.data.negatives import NegativeSampler
 from multirec.errors import ConfigError
 from multirec.models.base import Recommender, Validation
+from multirec.runtime.timing import progress
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class BPRMF(Recommender):
         self.epoch_losses, self.validation_scores, self.best_epoch = [], {}, None
         best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         stale, t = 0, 0
-        for epoch in range(1, self.epochs + 1):
+        for epoch in progress(range(1, self.epochs + 1), "BPR-MF", "epoch"):
             negatives = torch.from_numpy(sampler.sample(train.users, train.items, epoch))
             order = torch.from_numpy(
                 np.random.default_rng([self.seed, epoch]).permutation(len(train))

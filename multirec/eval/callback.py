@@ -43,19 +43,30 @@ class RankingEvaluation(L.Callback):
         self.metrics = metrics
         self.valid_protocol = valid_protocol
 
-    def evaluate(self, model: Recommender, split: str) -> list[EvalResult]:
+    def evaluate(
+        self, model: Recommender, split: str, show_progress: bool = True
+    ) -> list[EvalResult]:
         """``model`` on ``split``: validation under ``valid_protocol`` only (it runs every
-        epoch), test under every protocol."""
+        epoch), test under every protocol; ``show_progress``: bars on the long ones."""
         names = [self.valid_protocol] if split == "valid" else list(self.protocols)
         return [
-            evaluate(model, self.dataset, self.protocols[n], split, metrics=self.metrics)
+            evaluate(
+                model,
+                self.dataset,
+                self.protocols[n],
+                split,
+                metrics=self.metrics,
+                show_progress=show_progress,
+            )
             for n in names
         ]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: v for r in self.evaluate(pl_module, "valid") for k, v in r.metrics.items()}
+        # every rank evaluates: one progress bar is enough
+        valid = self.evaluate(pl_module, "valid", show_progress=trainer.is_global_zero)
+        metrics = {k: v for r in valid for k, v in r.metrics.items()}
         # every rank evaluates the same lists: sync_dist only averages identical values
         pl_module.log_dict(metrics, sync_dist=True)
 

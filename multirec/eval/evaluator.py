@@ -37,6 +37,7 @@ from multirec.eval.protocols import FullRankingTargets, Protocol
 from multirec.eval.registry import MetricSet, RankingContext
 from multirec.io import atomic_write_bytes, atomic_write_json
 from multirec.models.base import Recommender, mask_excluded
+from multirec.runtime.timing import progress
 
 SCORE_BUDGET = 1 << 24  # scores per model call when batch_size is not given (64 MiB float32)
 
@@ -70,6 +71,7 @@ def evaluate(
     metrics: MetricSet | None = None,
     item_features: torch.Tensor | None = None,
     batch_size: int | None = None,
+    show_progress: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``split`` (``valid`` or ``test``) of ``dataset`` under ``protocol``.
 
@@ -77,7 +79,7 @@ def evaluate(
     ``item_features`` (float [n_items, d] or integer categories [n_items]) define ``ils@K``;
     by default the dataset's tags. ``batch_size`` is lists per ``score`` call (candidate
     protocols) or users per ``score_all`` call (full ranking); by default about 16 M scores
-    per call.
+    per call. ``show_progress``: a progress bar once the evaluation has run a few seconds.
     """
     metrics = metrics or MetricSet()
     model.check_dataset(dataset)
@@ -94,7 +96,8 @@ def evaluate(
     user_items = np.asarray(train.sum(axis=1)).ravel()
     with torch.no_grad():
         rank = _rank_full if per_user else _rank_candidates
-        ranks, n_rel, top, pos_items = rank(model, lists, kmax, batch_size)
+        bar = f"{split} {protocol.name}" if show_progress else None
+        ranks, n_rel, top, pos_items = rank(model, lists, kmax, batch_size, bar)
     ctx = RankingContext(
         ranks=ranks,
         n_relevant=n_rel,
@@ -125,8 +128,9 @@ def list_key_columns(per_user: bool) -> tuple[str, ...]:
     return ("user_id",) if per_user else ("user_id", "item_id")
 
 
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
+def _batches(n: int, size: int, bar: str | None) -> Iterator[slice]:
+    """Slices of ``size`` rows, under a progress bar named ``bar`` (none: no bar)."""
+    for start in progress(range(0, n, size), bar or "", "batch", enabled=bar is not None):
         yield slice(start, min(start + size, n))
 
 
@@ -148,12 +152,12 @@ def _checked(scores: torch.Tensor, shape: tuple[int, int], model: Recommender) -
 
 
 def _rank_candidates(
-    model: Recommender, lists: CandidateLists, kmax: int, batch_size: int | None
+    model: Recommender, lists: CandidateLists, kmax: int, batch_size: int | None, bar: str | None
 ) -> tuple[M.PositiveRanks, torch.Tensor, torch.Tensor, np.ndarray]:
     n, c = lists.items.shape
     size = batch_size or max(1, SCORE_BUDGET // c)
     parts: list[tuple[torch.Tensor, ...]] = []
-    for b in _batches(n, size):
+    for b in _batches(n, size, bar):
         users = torch.from_numpy(lists.users[b])
         items = torch.from_numpy(lists.items[b])
         scores = _checked(model.score(users, items), (len(users), c), model)
@@ -168,13 +172,17 @@ def _rank_candidates(
 
 
 def _rank_full(
-    model: Recommender, targets: FullRankingTargets, kmax: int, batch_size: int | None
+    model: Recommender,
+    targets: FullRankingTargets,
+    kmax: int,
+    batch_size: int | None,
+    bar: str | None,
 ) -> tuple[M.PositiveRanks, torch.Tensor, torch.Tensor, np.ndarray]:
     positives = targets.positives
     n_users, n_items = positives.shape
     size = batch_size or max(1, SCORE_BUDGET // n_items)
     parts: list[tuple[torch.Tensor, ...]] = []
-    for b in _batches(n_users, size):
+    for b in _batches(n_users, size, bar):
         users = targets.users[b]
         scores = _checked(model.score_all(torch.from_numpy(users)), (len(users), n_items), model)
         mask_excluded(scores, targets.exclude, users)

@@ -1,9 +1,13 @@
-"""Plain-text result tables for ``multirec.evaluate`` runs (one table per split and protocol).
+"""Plain-text result tables for runs and sweeps (one table per split and protocol).
 
-``make baselines`` is a Hydra multirun of ``multirec.evaluate`` over baselines and protocols;
-:class:`SweepTable`, registered as a Hydra callback in ``conf/evaluate.yaml``, prints one
-table per protocol when the sweep ends and writes it to ``table.md`` in the sweep folder.
-The paper-style tables with error bars are ``multirec.report``'s job.
+The terminal gets the compact tables (:data:`COMPACT`: recall, NDCG and MRR at 10 and 20,
+the sampled protocol before full ranking); every metric stays in the run's ``metrics.json``
+and in a sweep's ``table.md``. ``make baselines`` is a Hydra multirun of ``multirec.evaluate``
+over baselines and protocols, and a train sweep (``python -m multirec.train -m ...``) one
+over model settings: :class:`SweepTable`, registered as a Hydra callback in
+``conf/evaluate.yaml`` and ``conf/train.yaml``, prints the tables over the sweep's jobs when
+it ends and writes the full ones to ``table.md`` in the sweep folder. The paper-style tables
+with error bars are ``multirec.report``'s job.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from multirec.errors import ConfigError
 from multirec.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 ORDER = ("recall", "ndcg", "mrr", "hitrate", "novelty", "coverage", "ils")  # then by K
+PROTOCOL_ORDER = ("sampled", "full")  # then any other protocol, by name
+# the columns a terminal table keeps; the others are in the files
+COMPACT = frozenset(f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (10, 20))
 
 
 def _column_key(col: str) -> tuple[int, int, int]:
@@ -29,9 +37,18 @@ def _column_key(col: str) -> tuple[int, int, int]:
     return (beyond, int(k), ORDER.index(name) if name in ORDER else len(ORDER))
 
 
-def format_tables(runs: list[tuple[str, dict[str, float]]]) -> str:
-    """Markdown tables, one per ``{split}/{protocol}`` prefix, a row per (model, metrics) run."""
-    prefixes = sorted({k.rsplit("/", 1)[0] for _, m in runs for k in m if k.count("/") == 2})
+def _prefix_key(prefix: str) -> tuple[str, int, str]:
+    split, protocol = prefix.split("/")
+    rank = PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+    return (split, rank, protocol)
+
+
+def format_tables(runs: list[tuple[str, dict[str, float]]], compact: bool = False) -> str:
+    """Markdown tables, one per ``{split}/{protocol}`` prefix, a row per (label, metrics) run;
+    ``compact`` keeps only the :data:`COMPACT` columns."""
+    prefixes = sorted(
+        {k.rsplit("/", 1)[0] for _, m in runs for k in m if k.count("/") == 2}, key=_prefix_key
+    )
     blocks = []
     for prefix in prefixes:
         rows = [(name, m) for name, m in runs if any(k.startswith(prefix + "/") for k in m)]
@@ -40,7 +57,9 @@ def format_tables(runs: list[tuple[str, dict[str, float]]]) -> str:
                 k.rsplit("/", 1)[1]
                 for _, m in rows
                 for k in m
-                if k.startswith(prefix + "/") and "@" in k
+                if k.startswith(prefix + "/")
+                and "@" in k
+                and (not compact or k.rsplit("/", 1)[1] in COMPACT)
             },
             key=_column_key,
         )
@@ -66,37 +85,56 @@ def format_tables(runs: list[tuple[str, dict[str, float]]]) -> str:
     return "\n\n".join(blocks)
 
 
-def collect(run_dirs: list[Path]) -> list[tuple[str, dict[str, float]]]:
-    """(model name, metrics) of the ``evaluation.json`` in each run directory that has one."""
-    runs = []
-    for d in run_dirs:
-        path = Path(d) / "evaluation.json"
-        if path.is_file():
-            ev = json.loads(path.read_text())
-            runs.append((ev["model"], ev["metrics"]))
-    return runs
+def job_labels(overrides: list[list[str]]) -> list[str]:
+    """One label per job: those of its overrides whose value is not the same in every job."""
+    parsed = [dict(o.partition("=")[::2] for o in job) for job in overrides]
+    keys = dict.fromkeys(k for job in parsed for k in job)
+    varying = [k for k in keys if len({job.get(k) for job in parsed}) > 1]
+    return [" ".join(f"{k}={job[k]}" for k in varying if k in job) for job in parsed]
+
+
+def collect(jobs: list[tuple[Path, list[str]]], label: str) -> list[tuple[str, dict[str, float]]]:
+    """(label, metrics) of each job whose run directory has an ``evaluation.json``; ``label``
+    is ``model`` (the model's name) or ``overrides`` (the job's overrides that vary across
+    the jobs, or the model's name where none does)."""
+    found = [
+        (json.loads((d / "evaluation.json").read_text()), overrides)
+        for d, overrides in jobs
+        if (d / "evaluation.json").is_file()
+    ]
+    names = [ev["model"] for ev, _ in found]
+    if label == "overrides":
+        names = [o or n for o, n in zip(job_labels([o for _, o in found]), names, strict=True)]
+    return [(n, ev["metrics"]) for n, (ev, _) in zip(names, found, strict=True)]
 
 
 class SweepTable(Callback):
-    """Hydra callback: after a multirun of ``multirec.evaluate``, print and save the tables.
+    """Hydra callback: after a multirun, print the compact tables over its jobs and save the
+    full ones, a row per ``label`` (``model``: rows of the same model merge, as the jobs of
+    one baseline under each protocol do; ``overrides``: a row per job).
 
-    Job folders are recorded as jobs finish (their resolved output directories), so nothing
-    has to re-resolve the sweep folder's interpolations afterwards.
+    Job folders and overrides are recorded as jobs finish (their resolved output directories),
+    so nothing has to re-resolve the sweep folder's interpolations afterwards.
     """
 
-    def __init__(self) -> None:
-        self.run_dirs: list[Path] = []
+    def __init__(self, label: str = "model") -> None:
+        if label not in ("model", "overrides"):
+            raise ConfigError(
+                f"hydra.callbacks.table.label must be model or overrides, got {label!r}"
+            )
+        self.label = label
+        self.jobs: list[tuple[Path, list[str]]] = []
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        self.run_dirs.append(Path(config.hydra.runtime.output_dir))
+        overrides = list(config.hydra.overrides.task)
+        self.jobs.append((Path(config.hydra.runtime.output_dir), overrides))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        runs = collect(self.run_dirs)
-        if not runs:
-            log.warning("no finished evaluation in this sweep: nothing to tabulate")
+        runs = collect(self.jobs, self.label)
+        if not runs:  # a sweep with test=false (as a tuning search) has no test metrics
+            log.debug("no job of this sweep wrote test metrics: nothing to tabulate")
             return
-        folder = self.run_dirs[0].parent
-        text = format_tables(runs)
-        atomic_write_bytes(folder / "table.md", (text + "\n").encode())
-        print(text)
-        print(f"table written to {folder / 'table.md'}")
+        folder = self.jobs[0][0].parent
+        atomic_write_bytes(folder / "table.md", (format_tables(runs) + "\n").encode())
+        print(format_tables(runs, compact=True))
+        print(f"every metric: {folder / 'table.md'}")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBE_SCORES = 1 << 16  # scores per timed probe call: a second or two at PixelRec50K scale
 FULL_PROBE_ITEMS = 2048  # catalogue items every full-ranking probe user is scored against
+WORTH_TELLING_S = 60.0  # a shorter step's estimate goes to the log file only
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def check_step_times(
     estimates = [Estimate("training epoch", len(dataset.train), "positives", rate)]
     estimates += [evaluation_estimate(model, protocols[n], n, dataset, s) for s, n in runs]
     for e in estimates:
-        log.info("estimate: %s", e)
+        log.log(logging.INFO if e.seconds >= WORTH_TELLING_S else logging.DEBUG, "estimate: %s", e)
     for (split, name), e in zip(runs, estimates[1:], strict=True):
         protocol = protocols[name]
         full = isinstance(protocol.lists(dataset, split), FullRankingTargets)

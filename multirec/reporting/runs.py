@@ -81,7 +81,7 @@ INFRA_PREFIXES = ("paths.", "logger.", "callbacks.", "hydra.", "experiment")
 # settings are covered by the prepared dataset's fingerprint.
 INFRA_SETTINGS = re.compile(
     r"^(paths|logger|hydra|compare|search|data|seed|task_name|ckpt_path|device|test|datamodule\.seed)(\.|$)"
-    r"|^trainer\.(devices|accelerator|strategy|num_nodes|default_root_dir|enable_progress_bar|log_every_n_steps)$"
+    r"|^trainer\.(devices|accelerator|strategy|num_nodes|default_root_dir|enable_progress_bar|enable_model_summary|log_every_n_steps)$"
     r"|^callbacks\..*\.(dirpath|filename)$|^encoder\..*\.batch_size$"
 )
 
