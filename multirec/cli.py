@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from multirec.errors import MultirecError
@@ -37,3 +38,12 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+def overridden(group: str) -> bool:
+    """Whether ``group=...`` or a ``group.key=...`` was given on the command line (False
+    outside a Hydra app): a default that another input can supply is then not the user's word."""
+    if not HydraConfig.initialized():
+        return False
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return any(k == group or k.startswith(f"{group}.") or k.startswith(f"{group}/") for k in keys)
