@@ -94,3 +94,8 @@ def shard_chunks(n: int, chunk_rows: int, rank: int, world: int) -> list[tuple[i
 def shard_path(final: Path, rank: int, world: int) -> Path:
     suffix = ".partial" if world == 1 else f".rank{rank}-of-{world}.partial"
     return final.with_name(final.name + suffix)
+
+
+def merge_path(final: Path) -> Path:
+    """Where rank 0 merges the shards before the result takes the final name."""
+    return final.with_name(final.name + ".merge.partial")
