@@ -48,8 +48,8 @@ lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff format --check multirec tests
 
 sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one under outputs/data
-	$(PY) -m multirec.sample size=small
-	$(PY) -m multirec.sample size=pixelrec50k
+	$(PY) -m multirec.sample data=small
+	$(PY) -m multirec.sample data=pixelrec50k
 
 table: $(STAMP) ## Table 2/3 per protocol (md, csv, tex), significance test and figures -> outputs/report
 	$(PY) -m multirec.report $(ARGS)

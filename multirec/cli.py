@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from multirec.errors import MultirecError
+from multirec.runtime.devices import trainer_accelerator, trainer_devices, trainer_precision
 
 T = TypeVar("T")
 log = logging.getLogger("multirec")
@@ -20,6 +21,10 @@ log = logging.getLogger("multirec")
 # run folders are named by start time and process id (``${now:...}_${pid:}``): two runs
 # started in the same second never share a folder, so neither overwrites the other's files
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# conf/trainer derives Lightning's settings from the one ``device`` setting
+OmegaConf.register_new_resolver("device_accelerator", trainer_accelerator, replace=True)
+OmegaConf.register_new_resolver("device_devices", trainer_devices, replace=True)
+OmegaConf.register_new_resolver("device_precision", trainer_precision, replace=True)
 
 
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
