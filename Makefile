@@ -5,6 +5,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # Extra Hydra overrides for the main job, e.g. make train ARGS="fusion=gated"
 ARGS    ?=
+# The benchmarks make bench runs, each with its own key=value settings (python -m multirec.bench.X --help)
+BENCH   ?= data features evaluation training two_tower
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train test lint sample-data bench baselines tune sweep ablation fusion table recommend clean
@@ -48,8 +50,8 @@ lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff format --check multirec tests
 
 sample-data: $(STAMP) ## generate the small sample and the pixelrec50k-size one under outputs/data
-	$(PY) -m multirec.sample size=small
-	$(PY) -m multirec.sample size=pixelrec50k
+	$(PY) -m multirec.sample data=small
+	$(PY) -m multirec.sample data=pixelrec50k
 
 table: $(STAMP) ## Table 2/3 per protocol (md, csv, tex), significance test and figures -> outputs/report
 	$(PY) -m multirec.report $(ARGS)
@@ -57,12 +59,8 @@ table: $(STAMP) ## Table 2/3 per protocol (md, csv, tex), significance test and 
 recommend: $(STAMP) ## top-k for one user: make recommend ARGS="ckpt_path=... user=u123"
 	$(PY) -m multirec.recommend $(ARGS)
 
-bench: $(STAMP) ## benchmarks with thread settings, load and ratio to the measured limit; JSON under outputs/bench/
-	$(PY) -m multirec.bench.data
-	$(PY) -m multirec.bench.features
-	$(PY) -m multirec.bench.evaluation
-	$(PY) -m multirec.bench.training
-	$(PY) -m multirec.bench.two_tower
+bench: $(STAMP) ## benchmarks (BENCH="training" ARGS="steps=5"; --help lists each one's keys); JSON under outputs/bench/
+	for b in $(BENCH); do $(PY) -m multirec.bench.$$b $(ARGS) || exit 1; done
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from multirec.errors import MultirecError
+from multirec.runtime.devices import trainer_accelerator, trainer_devices, trainer_precision
 
 T = TypeVar("T")
 log = logging.getLogger("multirec")
@@ -25,6 +26,10 @@ log = logging.getLogger("multirec")
 # run folders are named by start time and process id (``${now:...}_${pid:}``): two runs
 # started in the same second never share a folder, so neither overwrites the other's files
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# conf/trainer derives Lightning's settings from the one ``device`` setting
+OmegaConf.register_new_resolver("device_accelerator", trainer_accelerator, replace=True)
+OmegaConf.register_new_resolver("device_devices", trainer_devices, replace=True)
+OmegaConf.register_new_resolver("device_precision", trainer_precision, replace=True)
 
 # Lightning's own pytree helper builds torch's deprecated LeafSpec on every training step;
 # nothing a run passes changes that, and the user cannot act on it
@@ -115,3 +120,12 @@ def print_config_tree(cfg: DictConfig) -> None:
     """Print :func:`config_tree`, unless this is one job of a sweep (Hydra names its overrides)."""
     if not in_sweep():
         Console().print(config_tree(cfg))
+
+
+def overridden(group: str) -> bool:
+    """Whether ``group=...`` or a ``group.key=...`` was given on the command line (False
+    outside a Hydra app): a default that another input can supply is then not the user's word."""
+    if not HydraConfig.initialized():
+        return False
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return any(k == group or k.startswith(f"{group}.") or k.startswith(f"{group}/") for k in keys)

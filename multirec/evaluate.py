@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from multirec.cli import in_sweep, print_config_tree, user_errors
+from multirec.cli import in_sweep, overridden, print_config_tree, user_errors
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ConfigError
@@ -39,10 +39,21 @@ def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
     return build(cfg.baseline).fit(dataset, full_ranking_validation(dataset))
 
 
+def model_and_dataset(cfg: DictConfig) -> tuple[Recommender, PreparedDataset]:
+    """The model to evaluate and its dataset. A checkpoint records the dataset it was trained
+    on, so without ``data=`` that one is used (found under ``paths.prepared_dir``) rather than
+    the default sample; with ``data=`` the two must agree."""
+    if cfg.ckpt_path is not None and not overridden("data"):
+        from multirec.pipeline.checkpoints import load_model as load_trained
+
+        return load_trained(cfg.ckpt_path, cfg.paths.prepared_dir, cfg.paths.cache_dir, cfg.device)
+    dataset = ensure_prepared(cfg.data, cfg.paths)
+    return load_model(cfg, dataset), dataset
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the configured model; write results into ``cfg.paths.output_dir``; return metrics."""
-    dataset = ensure_prepared(cfg.data, cfg.paths)
-    model = load_model(cfg, dataset)
+    model, dataset = model_and_dataset(cfg)
     protocol = build(cfg.protocol)
     result = evaluate(
         model,
@@ -55,7 +66,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     lists = protocol.lists(dataset, cfg.split)
     provenance = {
         "model": model.name,
-        "source": {"ckpt_path": cfg.ckpt_path}
+        # absolute: the report matches it to its training run from any working directory
+        "source": {"ckpt_path": str(Path(cfg.ckpt_path).resolve())}
         if cfg.ckpt_path is not None
         else {"baseline": OmegaConf.to_container(cfg.baseline, resolve=True)},
         "protocol": OmegaConf.to_container(cfg.protocol, resolve=True),

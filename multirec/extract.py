@@ -1,4 +1,4 @@
-"""``python -m multirec.extract [encoder=effnet_sbert] [data=sample] [key=value ...]``
+"""``python -m multirec.extract [encoder=effnet_sbert] [data=small] [key=value ...]``
 
 Prepares the dataset if needed, then builds (or finds) the feature cache of each side
 of the chosen encoder pair, prints where it is and records it in the run directory

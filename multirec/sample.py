@@ -1,4 +1,4 @@
-"""``python -m multirec.sample size=tiny|mini|small|pixelrec50k [out=DIR] [seed=0] [key=value ...]``
+"""``python -m multirec.sample data=tiny|mini|small|pixelrec50k [out=DIR] [seed=0] [key=value ...]``
 
 Writes a synthetic PixelRec-format dataset (see :mod:`multirec.data.synthetic`), so the
 whole pipeline runs with no download.
@@ -7,15 +7,21 @@ whole pipeline runs with no download.
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from multirec.cli import user_errors
 from multirec.data.synthetic import generate_sample
+from multirec.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.select(cfg, "data.sample") is None:
+        raise ConfigError(
+            f"data={cfg.data.name} is a dataset you downloaded, not a sample: "
+            "use data=tiny|mini|small|pixelrec50k"
+        )
     out = generate_sample(
         cfg.out,
         size=cfg.size,

@@ -122,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = str(Path(ckpt).resolve()) if ckpt else ""  # absolute: found from any directory later
     run = {
         "kind": "model",
         "model": model.name,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from multirec.config import to_schema
 from multirec.data.config import DataConfig
 from multirec.errors import ConfigError
+from multirec.runtime.devices import device_name
 from tests.conftest import CONF, compose_cfg
 
 PRIMARY_FOR_GROUP = {"baseline": "evaluate", "protocol": "evaluate"}
@@ -87,3 +89,24 @@ def test_required_data_root_is_named(tmp_path):
     cfg = compose_cfg("prepare", ["data=pixelrec"], tmp_path)
     with pytest.raises(ConfigError, match=r"data.root.*pass data.root="):
         to_schema(cfg.data, DataConfig, "data")
+
+
+def test_one_device_setting_drives_the_trainer(tmp_path, monkeypatch):
+    cpu = compose_cfg("train", ["device=cpu"], tmp_path).trainer
+    assert (cpu.accelerator, cpu.devices, cpu.precision) == ("cpu", 1, "32-true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    gpu = compose_cfg("train", ["device=cuda:1"], tmp_path).trainer
+    assert (gpu.accelerator, list(gpu.devices), gpu.precision) == ("gpu", [1], "16-mixed")
+    assert compose_cfg("train", ["device=auto"], tmp_path).trainer.accelerator == "gpu"
+    ddp = compose_cfg("train", ["device=cuda", "trainer=ddp"], tmp_path).trainer
+    assert (ddp.accelerator, ddp.devices, ddp.strategy) == ("gpu", 2, "ddp")
+    with pytest.raises(ConfigError, match="device='tpu'.*auto, cpu, cuda or cuda:N"):
+        device_name("tpu")
+
+
+def test_debug_trainer_is_a_short_deterministic_cpu_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    debug = compose_cfg("train", ["trainer=debug", "device=cuda"], tmp_path).trainer
+    assert (debug.accelerator, debug.max_epochs, debug.deterministic) == ("cpu", 1, True)
+    assert debug.limit_train_batches == 5

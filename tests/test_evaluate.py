@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -208,8 +209,24 @@ def test_a_checkpoint_is_scored_on_the_baselines_candidates(tiny_trained, tmp_pa
     cfg.paths.output_dir = str(tmp_path / "ckpt")
     metrics = run(cfg)
     ev = json.loads((tmp_path / "ckpt" / "evaluation.json").read_text())
-    assert ev["source"] == {"ckpt_path": info["ckpt"]}
+    assert ev["source"] == {"ckpt_path": str(Path(info["ckpt"]).resolve())}
     baseline = json.loads((root / "outputs/runs/evaluate/random/evaluation.json").read_text())
     assert ev["candidates"] == baseline["candidates"]
     assert ev["metrics"]["test/sampled/n_lists"] == baseline["metrics"]["test/sampled/n_lists"]
     assert 0.0 <= metrics["test/sampled/ndcg@10"] <= 1.0
+
+
+def test_a_checkpoint_brings_its_dataset_and_is_recorded_absolute(
+    tiny_trained, tmp_path, monkeypatch
+):
+    """Without data= the checkpoint's own dataset is evaluated (the default sample is neither
+    generated nor prepared), and a relative ckpt_path is stored absolute for the report."""
+    root, info = tiny_trained
+    monkeypatch.chdir(Path(info["ckpt"]).parent)
+    cfg = compose_cfg("evaluate", [f"ckpt_path={Path(info['ckpt']).name}"], root)
+    cfg.paths.output_dir = str(tmp_path / "ckpt")
+    run(cfg)
+    ev = json.loads((tmp_path / "ckpt" / "evaluation.json").read_text())
+    assert ev["dataset"]["root"] == info["dataset"]
+    assert ev["source"]["ckpt_path"] == str(Path(info["ckpt"]).resolve())
+    assert not (root / "outputs" / "data" / "sample_small").exists()

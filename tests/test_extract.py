@@ -187,6 +187,29 @@ def test_wrong_or_corrupt_file_is_refused_then_rebuilt_on_request(ds, models, re
     np.testing.assert_array_equal(load_features(copy)[0], load_features(paths["visual"])[0])
 
 
+def test_rebuild_builds_a_valid_cache_anew_and_replaces_it_only_when_finished(
+    ds, reference, tmp_path, monkeypatch
+):
+    enc_cfg, paths = reference
+    final = tmp_path / paths["text"].name
+    shutil.copy(paths["text"], final)
+    old_inode = final.stat().st_ino
+    seen_before_replace = []
+    finish = cache_mod.ShardWriter.finish
+
+    def checked_finish(self, target, attrs):
+        # the old file is still whole under the final name while the new one is completed
+        seen_before_replace.append(load_features(target)[2]["finished_at"])
+        finish(self, target, attrs)
+
+    monkeypatch.setattr(cache_mod.ShardWriter, "finish", checked_finish)
+    again = ensure_cache(ds, enc_cfg.text, tmp_path, chunk_rows=CHUNK, progress=False, rebuild=True)
+    assert again == final and len(seen_before_replace) == 1
+    assert final.stat().st_ino != old_inode
+    assert not list(tmp_path.glob("*.partial"))
+    np.testing.assert_array_equal(load_features(final)[0], load_features(paths["text"])[0])
+
+
 CHILD = """
 import os, signal, sys
 from pathlib import Path

@@ -113,6 +113,50 @@ def test_recommend_from_a_trained_checkpoint(tiny_trained, capsys):
     )
 
 
+def test_recommend_every_user_to_parquet(tiny_trained):
+    """users=all: every user's top-k in one parquet file, the same lists as one user at a time."""
+    from multirec import recommend
+
+    root, info = tiny_trained
+    cfg = compose_cfg("recommend", [f"ckpt_path={info['ckpt']}", "users=all", "k=4"], root)
+    recs = recommend.run(cfg)
+    written = pl.read_parquet(Path(cfg.paths.output_dir) / "recommendations.parquet")
+    assert written.equals(recs) and written.columns == ["user_id", "rank", "item_id", "score"]
+    ds = checkpoints.checkpoint_dataset(info["ckpt"], root / "outputs" / "prepared")
+    assert written["user_id"].unique(maintain_order=True).to_list() == ds.user_ids.tolist()
+    assert (written.group_by("user_id").len()["len"] == 4).all()
+    model, _ = checkpoints.load_model(
+        info["ckpt"], root / "outputs" / "prepared", root / "outputs" / "cache"
+    )
+    for user in ds.user_ids[[0, -1]]:
+        one = inspect.recommend(model, ds, str(user), k=4)
+        mine = written.filter(pl.col("user_id") == user)
+        assert mine["item_id"].to_list() == one["item_id"].to_list()
+        assert np.allclose(mine["score"].to_numpy(), one["score"].to_numpy(), atol=1e-5)
+    two = [str(ds.user_ids[3]), str(ds.user_ids[1])]
+    cfg = compose_cfg(
+        "recommend", [f"ckpt_path={info['ckpt']}", f"users=[{two[0]},{two[1]}]"], root
+    )
+    assert recommend.run(cfg)["user_id"].unique(maintain_order=True).to_list() == two
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "name the users"),
+        (["user=u1", "users=all"], "name the users"),
+        (["users=everyone"], "users= takes all or a list"),
+    ],
+)
+def test_user_or_users_is_named_exactly_once(tiny_trained, overrides, message):
+    from multirec import recommend
+
+    root, info = tiny_trained
+    cfg = compose_cfg("recommend", [f"ckpt_path={info['ckpt']}", *overrides], root)
+    with pytest.raises(ConfigError, match=message):
+        recommend.run(cfg)
+
+
 def test_cli_unknown_user_is_one_line_on_stderr(tiny_trained):
     root, info = tiny_trained
     proc = subprocess.run(
@@ -133,6 +177,6 @@ def test_cli_unknown_user_is_one_line_on_stderr(tiny_trained):
 def test_recommend_config_has_no_key_nothing_reads(tmp_path):
     cfg = compose_cfg("recommend", ["ckpt_path=/x.ckpt", "user=u1"], tmp_path)
     source = (REPO / "multirec" / "recommend.py").read_text()
-    assert set(cfg) == {"paths", "ckpt_path", "user", "k", "include_cold", "device"}
+    assert set(cfg) == {"paths", "ckpt_path", "user", "users", "k", "include_cold", "device"}
     for key in set(cfg) - {"paths"}:
         assert f"cfg.{key}" in source, key

@@ -16,6 +16,7 @@ from multirec.data.kcore import kcore_mask
 from multirec.data.pixelrec import COUNT_COLUMNS
 from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, rendering
 from multirec.errors import ConfigError, MultirecError
+from tests.conftest import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 UNUSABLE = ("missing", "corrupt", "truncated", "too_small")
@@ -246,15 +247,19 @@ def test_bad_settings_are_config_errors(tmp_path, kwargs, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_reports_unknown_size_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "multirec.sample", "size=huge", f"out={tmp_path / 'x'}"],
+def sample_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "multirec.sample", *overrides],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO), "MULTIREC_ROOT": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_cli_reports_unknown_size_in_one_line(tmp_path):
+    proc = sample_cli(tmp_path, "size=huge", f"out={tmp_path / 'x'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: unknown sample size 'huge' (key size); valid sizes: tiny, mini, small, pixelrec50k"
@@ -271,3 +276,23 @@ def test_pixelrec50k_matches_the_papers_table_1(tmp_path):
     assert round(len(inter) / len(per_item), 2) == 11.94
     assert (per_user.max(), per_item.max(), per_user.min()) == (434, 146, 5)
     assert inter.select("user_id", "item_id").is_unique().all()
+
+
+@pytest.mark.parametrize("size", ["tiny", "mini", "small", "pixelrec50k"])
+def test_sample_takes_the_data_names_of_the_other_entry_points(size, tmp_path):
+    """`multirec.sample data=X` writes where `multirec.train data=X` looks, with its settings;
+    `size=X` names the same sample."""
+    by_data = compose_cfg("sample", [f"data={size}"], tmp_path)
+    assert (by_data.size, by_data.out, by_data.seed) == (size, by_data.data.root, 0)
+    train = compose_cfg("train", [f"data={size}"], tmp_path)
+    assert train.data.root == by_data.out and train.data.sample.size == size
+    assert compose_cfg("sample", [f"size={size}"], tmp_path).out == by_data.out
+
+
+def test_cli_refuses_a_downloaded_dataset_as_a_sample(tmp_path):
+    proc = sample_cli(tmp_path, "data=pixelrec")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: data=pixelrec is a dataset you downloaded, not a sample: "
+        "use data=tiny|mini|small|pixelrec50k"
+    ]

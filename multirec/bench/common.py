@@ -21,13 +21,49 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from multirec.io import atomic_write_json
 from multirec.runtime import available_cores, current_policy
 
 BENCH_DIR = Path("outputs/bench")
 MATMUL_N = 1024  # square float32 product: large enough to run near the cores' peak
+
+
+def bench_settings(
+    argv: list[str], keys: dict[str, tuple[Any, str]], usage: str | None
+) -> SimpleNamespace:
+    """A benchmark's settings from Hydra-style ``key=value`` arguments, like every entry point.
+
+    ``keys`` maps each key to (default, what it means); lists are written ``key=[a,b]``.
+    ``--help`` prints ``usage`` and the keys and exits before any work starts; an unknown
+    key or a value of the wrong type is one line on stderr and exit status 2.
+    """
+    if {"-h", "--help"} & set(argv):
+        print((usage or "").strip())
+        print("\nsettings (key=value, Hydra style):")
+        for key, (default, meaning) in keys.items():
+            shown = json.dumps(default).replace(" ", "").replace('"', "")
+            print(f"  {key}={shown:<18} {meaning}")
+        sys.exit(0)
+    try:
+        bad = next((a for a in argv if "=" not in a), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r} is not key=value")
+        base = OmegaConf.create({k: default for k, (default, _) in keys.items()})
+        OmegaConf.set_struct(base, True)
+        values = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_dotlist(argv)))
+        for key, (default, _) in keys.items():
+            if type(values[key]) is not type(default):
+                raise ValueError(f"{key}={values[key]!r} must be a {type(default).__name__}")
+    except (OmegaConfBaseException, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}; see --help", file=sys.stderr)
+        sys.exit(2)
+    return SimpleNamespace(**values)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -2,14 +2,13 @@
 
 Measures, each stage in a fresh process so peak RSS is its own: reading the CSVs,
 cleaning, k-core filtering and splitting (no images); and cover validation
-throughput (images/s) over the sample's covers (``--covers N`` of them, 0 skips).
+throughput (images/s) over the sample's covers (``covers=N`` of them, 0 skips).
 No model runs here, so there is no FLOP limit to compare with; the load average is
 recorded with the figures.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from multirec.bench.common import in_subprocess, peak_rss_mib, timed, write
+from multirec.bench.common import bench_settings, in_subprocess, peak_rss_mib, timed, write
 from multirec.data.config import DataConfig
 from multirec.data.covers import check_covers
 from multirec.data.kcore import kcore_mask
@@ -77,11 +76,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "tables":
         print(json.dumps(tables(sys.argv[2])))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--covers", type=int, default=20_000, help="covers to validate (default 20000; 0 skips)"
+    args = bench_settings(
+        sys.argv[1:], {"covers": (20_000, "covers to validate (0 skips)")}, __doc__
     )
-    args = parser.parse_args()
     if not (SAMPLE / "interactions.csv").is_file():
         from multirec.data.synthetic import generate_sample
 

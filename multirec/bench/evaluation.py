@@ -16,9 +16,9 @@ from __future__ import annotations
 from multirec.runtime import apply_thread_policy
 
 # isort: split
-import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import torch
 
 from multirec.baselines.bprmf import BPRMF
 from multirec.baselines.knn import ItemKNN
-from multirec.bench.common import load, peak_rss_mib, timed, write
+from multirec.bench.common import bench_settings, load, peak_rss_mib, timed, write
 from multirec.data.dataset import MANIFEST, SPLITS, PreparedDataset
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import FullProtocol, FullRankingTargets, SampledProtocol
@@ -208,14 +208,8 @@ def bench_model(model: Recommender, dataset: PreparedDataset, loop_users: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--loop-users",
-        type=int,
-        default=2000,
-        help="users timed through the per-user loop (default 2000)",
-    )
-    args = parser.parse_args()
+    keys = {"loop_users": (2000, "users timed through the per-user loop")}
+    args = bench_settings(sys.argv[1:], keys, __doc__)
     policy = apply_thread_policy()
     t0 = time.perf_counter()
     (dataset, kind), load_s = timed(find_dataset)

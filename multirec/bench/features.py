@@ -1,17 +1,17 @@
 """Feature extraction against what the machine can do (`python -m multirec.bench.features`).
 
 1. Extraction with ``effnet_sbert`` (EfficientNet-Lite0 on covers, MiniLM on texts) of the
-   first ``--items`` items of the pixelrec50k-size sample, with covers drawn as
-   ``--cover-px`` JPEGs: the end-to-end rate (DataLoader workers decoding or tokenising,
+   first ``items`` items of the pixelrec50k-size sample, with covers drawn as
+   ``cover_px`` JPEGs: the end-to-end rate (DataLoader workers decoding or tokenising,
    the model, HDF5 writes) against the limit implied by the model's FLOPs per item
    (counted with ``FlopCounterMode`` on the real inputs) and the float32 matmul
    throughput of all cores, measured in the same process before and after. The rate is
    extrapolated to the whole pixelrec50k catalogue (82,865 items).
-   Each thread configuration (``--configs``) runs in a fresh process, since OpenMP reads
+   Each thread configuration (``configs``) runs in a fresh process, since OpenMP reads
    its settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's
    defaults before it (OpenMP threads spin while waiting, one per core, 2 workers);
    ``passive-t1-w1`` and the like fix the wait policy, torch threads and workers. Each
-   runs on the machine as it is and, with ``--busy 0,1``, beside one more process
+   runs on the machine as it is and, with ``busy=[0,1]``, beside one more process
    keeping a core busy.
 2. A pixelrec50k-size cache (83,000 items, 1280 + 384 dims, float16): write time, time
    and memory to load it whole (in a fresh process, page cache cold and warm), and
@@ -20,15 +20,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -40,6 +39,7 @@ from PIL import Image
 
 from multirec.bench.common import (
     BENCH_DIR,
+    bench_settings,
     busy_core,
     count_flops,
     cpu_seconds,
@@ -200,7 +200,7 @@ def extract_once(spec: dict) -> dict:
     return out
 
 
-def extraction(args: argparse.Namespace, tmp: Path) -> dict:
+def extraction(args: SimpleNamespace, tmp: Path) -> dict:
     ds = subset(args.items, args.cover_px)
     enc = encoder_config()
     flops = {side: flops_per_item(enc[side], ds) for side in ("visual", "text")}
@@ -302,10 +302,6 @@ def cache_io(tmp: Path, n: int) -> dict:
     }
 
 
-def _csv(kind: type) -> Callable[[str], list]:
-    return lambda text: [kind(x) for x in text.split(",") if x]
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "load":
         print(json.dumps(load_in_this_process(sys.argv[2:])))
@@ -313,31 +309,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "extract":
         print(json.dumps(extract_once(json.loads(sys.argv[2]))))
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--items", type=int, default=512, help="items of the subset (default 512)")
-    parser.add_argument(
-        "--cover-px", type=int, default=256, help="cover side in pixels (default 256)"
-    )
-    parser.add_argument(
-        "--configs",
-        type=_csv(str),
-        default=["policy", "default"],
-        help="thread configurations, comma-separated (default policy,default)",
-    )
-    parser.add_argument(
-        "--busy",
-        type=_csv(int),
-        default=[0, 1],
-        help="0: the machine as it is, 1: one more core kept busy (default 0,1)",
-    )
-    parser.add_argument(
-        "--cache-items", type=int, default=83_000, help="rows of the synthetic cache; 0 skips it"
-    )
-    args = parser.parse_args()
+    keys = {
+        "items": (512, "items of the subset"),
+        "cover_px": (256, "cover side in pixels"),
+        "configs": (["policy", "default"], "thread configurations"),
+        "busy": ([0, 1], "0: the machine as it is, 1: one more core kept busy"),
+        "cache_items": (83_000, "rows of the synthetic cache; 0 skips it"),
+    }
+    args = bench_settings(sys.argv[1:], keys, __doc__)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix=".features-") as tmp:
         results = {"extraction": extraction(args, Path(tmp))}

@@ -43,10 +43,10 @@ factor products for BPR), as the libraries themselves compute them.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,7 +60,14 @@ import torch
 
 from multirec.baselines.bprmf import BPRMF
 from multirec.baselines.knn import ItemKNN, UserKNN
-from multirec.bench.common import BENCH_DIR, in_subprocess, peak_rss_mib, timed, write
+from multirec.bench.common import (
+    BENCH_DIR,
+    bench_settings,
+    in_subprocess,
+    peak_rss_mib,
+    timed,
+    write,
+)
 from multirec.data.config import CoversConfig, DataConfig
 from multirec.data.dataset import SPLITS, PreparedDataset
 from multirec.data.pixelrec import pixelrec_node
@@ -395,16 +402,14 @@ def comparisons(tuning: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help="(internal) JSON spec of one run; prints its result")
-    parser.add_argument("--tune", help="(internal) model kind to tune on its grid")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
+    # internal: the subprocesses of one run (--one SPEC) and of one tuning grid (--tune KIND)
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        print(json.dumps(run_one(json.loads(sys.argv[2]))))
         return
-    if args.tune:
-        print(json.dumps(tune(args.tune, GRIDS[args.tune])))
+    if len(sys.argv) > 2 and sys.argv[1] == "--tune":
+        print(json.dumps(tune(sys.argv[2], GRIDS[sys.argv[2]])))
         return
+    bench_settings(sys.argv[1:], {}, __doc__)
     ds = prepare_movielens()
     t0 = time.perf_counter()
     tuning = {kind: in_subprocess(MODULE, "--tune", kind) for kind in GRIDS}

@@ -1,36 +1,34 @@
 """Training against what the machine can do, at PixelRec50K scale (`python -m multirec.bench.training`).
 
-The default model (``conf/model/multimodal.yaml``, attention fusion, BCE; ``--fusions``
+The default model (``conf/model/multimodal.yaml``, attention fusion, BCE; ``fusions=[...]``
 for others) on the pixelrec50k-size sample (50,000 users, 82,844 items, 689,522
 training positives) with random features of the real dimensions (EfficientNet-Lite0
 1280-d, MiniLM 384-d, float16), trained through the real input pipeline (RecDataModule)
-and Lightning for ``--steps`` steps after a warm-up. Reported per run:
+and Lightning for ``steps`` steps after a warm-up. Reported per run:
 
 * positives/s against the limit implied by the FLOPs of one training step (forward and
   backward, counted with ``FlopCounterMode``) per positive and the all-core float32
   matmul throughput measured in the same process before and after;
-* the epoch's training time extrapolated from it, and (``--validate``, first run only)
+* the epoch's training time extrapolated from it, and (``validate``, first run only)
   one real validation pass (the sampled protocol every epoch runs) and what multirec's
   own pre-fit estimate (:mod:`multirec.pipeline.estimates`) predicted for both;
 * peak RSS of the process after each stage (imports, model, training, validation);
 * what the pre-fit check says of a full-ranking test of every test user (first run);
 * the optimiser step alone on the model's parameters: for-loop vs fused AdamW.
 
-Each thread configuration (``--configs``) runs in a fresh process, since OpenMP reads its
+Each thread configuration (``configs``) runs in a fresh process, since OpenMP reads its
 settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's defaults
 before it (OpenMP threads spin while waiting, one per core), ``passive-t1`` and the like
-fix the wait policy and torch threads. With ``--busy 0,1`` each also runs beside one more
+fix the wait policy and torch threads. With ``busy=[0,1]`` each also runs beside one more
 process keeping a core busy. Every figure carries the load average it ran under.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -39,6 +37,7 @@ import torch
 from omegaconf import OmegaConf
 
 from multirec.bench.common import (
+    bench_settings,
     busy_core,
     count_flops,
     in_subprocess,
@@ -269,40 +268,18 @@ def parse_config(name: str, cores: int) -> dict:
     return {"wait": None if wait == "spin" else wait.upper(), "torch": int(t[1:])}
 
 
-def _csv(kind: type) -> Callable[[str], list]:
-    return lambda text: [kind(x) for x in text.split(",") if x]
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "run":
         print(json.dumps(train_once(json.loads(sys.argv[2]))))
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--fusions", type=_csv(str), default=["attention"])
-    parser.add_argument(
-        "--configs",
-        type=_csv(str),
-        default=["policy", "default"],
-        help="thread configurations, comma-separated (default policy,default)",
-    )
-    parser.add_argument(
-        "--busy",
-        type=_csv(int),
-        default=[0, 1],
-        help="0: the machine as it is, 1: one more core kept busy (default 0,1)",
-    )
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per run (default 30)")
-    parser.add_argument(
-        "--validate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="time one real validation pass in the first run (default on)",
-    )
-    args = parser.parse_args()
+    keys = {
+        "fusions": (["attention"], "fusion options of conf/fusion to time"),
+        "configs": (["policy", "default"], "thread configurations"),
+        "busy": ([0, 1], "0: the machine as it is, 1: one more core kept busy"),
+        "steps": (30, "timed steps per run"),
+        "validate": (True, "time one real validation pass in the first run"),
+    }
+    args = bench_settings(sys.argv[1:], keys, __doc__)
     dataset()  # prepare once, outside the timed processes
     cores = available_cores()
     runs, first = {}, True

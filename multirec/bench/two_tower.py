@@ -1,4 +1,4 @@
-"""Two-tower scoring at PixelRec50K scale (`python -m multirec.bench.two_tower [users=N]`).
+"""Two-tower scoring at PixelRec50K scale (``python -m multirec.bench.two_tower [users=N]``).
 
 Targets on 2 CPU cores: full ranking of every test user (the evaluator's real path: scores,
 masking, top-K, metrics) in under 5 minutes, one training epoch in under 2 minutes, peak
@@ -16,6 +16,7 @@ the epoch's batch count. Each run is a fresh process, so the peak RSS is its own
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from multirec.bench.common import in_subprocess, peak_rss_mib, write
+from multirec.bench.common import bench_settings, in_subprocess, peak_rss_mib, write
 from multirec.bench.training import CONF, dataset, fit_steps
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
@@ -138,15 +139,13 @@ def run(n_users: int | None) -> dict:
 
 
 def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-    if "run" in sys.argv[1:]:
-        import json
-
-        print(json.dumps(run(int(args["users"]) if "users" in args else None)))
+    if len(sys.argv) > 2 and sys.argv[1] == "run":
+        print(json.dumps(run(int(sys.argv[2]) or None)))
         return
+    keys = {"users": (0, "test users ranked (0: all), the time extrapolated to all of them")}
+    args = bench_settings(sys.argv[1:], keys, __doc__)
     dataset()  # prepare once, outside the measured process
-    extra = [f"users={args['users']}"] if "users" in args else []
-    result = in_subprocess("multirec.bench.two_tower", "run", *extra)
+    result = in_subprocess("multirec.bench.two_tower", "run", str(args.users))
     write("two_tower", {"threads": torch.get_num_threads(), **result})
 
 

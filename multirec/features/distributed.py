@@ -11,26 +11,18 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from multirec.errors import ConfigError, MultirecError
+from multirec.errors import MultirecError
+from multirec.runtime.devices import device_name
 
 T = TypeVar("T")
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the rank's GPU when there is one, else CPU; validate the rest."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device} but no CUDA GPU is visible; use device=cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """The torch device of ``device`` (see :func:`multirec.runtime.devices.device_name`);
+    plain ``cuda`` is the rank's own GPU."""
+    dev = torch.device(device_name(device))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return dev
 
 
@@ -94,3 +86,8 @@ def shard_chunks(n: int, chunk_rows: int, rank: int, world: int) -> list[tuple[i
 def shard_path(final: Path, rank: int, world: int) -> Path:
     suffix = ".partial" if world == 1 else f".rank{rank}-of-{world}.partial"
     return final.with_name(final.name + suffix)
+
+
+def merge_path(final: Path) -> Path:
+    """Where rank 0 merges the shards before the result takes the final name."""
+    return final.with_name(final.name + ".merge.partial")

@@ -34,12 +34,11 @@ from tqdm import tqdm
 
 import multirec
 from multirec.data.dataset import PreparedDataset
-from multirec.errors import ArtefactMismatchError, ConfigError, MultirecError
+from multirec.errors import ConfigError, MultirecError
 from multirec.features.batching import autocast, item_loader, to_device
 from multirec.features.cache import (
     OK,
     STORAGE_DTYPES,
-    CorruptCacheError,
     ShardWriter,
     cache_file,
     check_finished,
@@ -52,6 +51,7 @@ from multirec.features.cache import (
     verify_checksums,
 )
 from multirec.features.distributed import (
+    merge_path,
     on_rank0,
     rank_world,
     resolve_device,
@@ -125,8 +125,9 @@ def ensure_cache(
 
     Returns None when ``encoder_cfg`` is the ``none`` choice. A finished cache with the
     same fingerprints is reused (logged as ``cache hit``); an unfinished one resumes; a
-    corrupt file, or one under this name built from other inputs, is refused unless
-    ``rebuild``. While another process builds the same cache this one waits for it (at
+    corrupt file, or one under this name built from other inputs, is refused. ``rebuild``
+    builds the cache anew in any case, replacing the file only once the new one is
+    finished. While another process builds the same cache this one waits for it (at
     most ``lock_timeout_s``) and reuses its result. Under torch.distributed every rank
     must call this; items are sharded, and rank 0 holds the lock for all of them.
     ``num_workers`` None: as many DataLoader workers as the thread policy gives.
@@ -199,33 +200,30 @@ def _claim(
 ) -> bool:
     """True when a finished cache can be reused; otherwise enter the build lock into ``held``.
 
-    A good cache is reused without the lock. Everything else -- building, deleting a bad
-    file on ``rebuild`` -- happens under it, after looking again: the process that held
-    it may just have finished the very cache this one needs.
+    A good cache is reused without the lock. Building happens under it, after looking
+    again: the process that held it may just have finished the very cache this one needs.
+    ``rebuild`` builds anew whatever is there, from the first row: the file under the final
+    name stays in place (readers keep using it) until the finished build replaces it.
     """
-    try:
-        if _reusable(final, dataset, encoder_fp, rebuild=False):
-            return True
-    except (CorruptCacheError, ArtefactMismatchError):
-        if not rebuild:
-            raise
+    if not rebuild and _reusable(final, dataset, encoder_fp):
+        return True
     check_writable(final.parent)
     held.enter_context(exclusive_lock(lock_file(final), lock_timeout_s, f"building {final}"))
-    return _reusable(final, dataset, encoder_fp, rebuild)
+    if not rebuild:
+        return _reusable(final, dataset, encoder_fp)
+    log.info("rebuild=true: building %s anew; it is replaced when the build finishes", final)
+    _, world = rank_world()
+    for partial in [shard_path(final, r, world) for r in range(world)] + [merge_path(final)]:
+        partial.unlink(missing_ok=True)  # unfinished rows of an earlier build are not reused
+    return False
 
 
-def _reusable(final: Path, dataset: PreparedDataset, encoder_fp: str, rebuild: bool) -> bool:
+def _reusable(final: Path, dataset: PreparedDataset, encoder_fp: str) -> bool:
+    """Whether ``final`` is a finished cache of these inputs; a bad file is an error."""
     if not final.exists():
         return False
-    try:
-        check_finished(final, dataset.fingerprint, encoder_fp, dataset.n_items)
-        return True
-    except (CorruptCacheError, ArtefactMismatchError) as exc:
-        if not rebuild:
-            raise
-        log.warning("rebuilding %s: %s", final, exc)
-        final.unlink()
-        return False
+    check_finished(final, dataset.fingerprint, encoder_fp, dataset.n_items)
+    return True
 
 
 def _build(
@@ -462,9 +460,7 @@ def _merge(
     elapsed: float,
 ) -> None:
     """Rank 0: copy every rank's shard into the final file, then remove the shards."""
-    merged = ShardWriter.open(
-        final.with_name(final.name + ".merge.partial"), 0, n, dim, dtype, attrs
-    )
+    merged = ShardWriter.open(merge_path(final), 0, n, dim, dtype, attrs)
     try:
         for r in range(world):
             chunks = shard_chunks(n, chunk_rows, r, world)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 import torch
 
 from multirec.data.dataset import PreparedDataset
@@ -50,6 +49,46 @@ def cold_mask(ds: PreparedDataset) -> np.ndarray:
     return ~ds.seen_items()
 
 
+def top_k(
+    model: Recommender,
+    ds: PreparedDataset,
+    users: np.ndarray,
+    k: int = 10,
+    include_cold: bool = False,
+    batch: int = 1024,
+) -> pl.DataFrame:
+    """Top-``k`` item indices and scores of each user index in ``users``, scored ``batch``
+    users per model call, each user's training items excluded (cold items too unless
+    ``include_cold``). Columns ``user, rank, item, score``; a user with fewer than ``k``
+    items left gets fewer rows, never an excluded item."""
+    if k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k}")
+    train = ds.interaction_matrix("train").tocsr()
+    cold = torch.from_numpy(cold_mask(ds))
+    parts = []
+    for start in range(0, len(users), batch):
+        chunk = np.asarray(users[start : start + batch], dtype=np.int64)
+        with torch.no_grad():
+            scores = model.score_all(torch.from_numpy(chunk)).float().cpu()
+        mask_excluded(scores, train, chunk)
+        if not include_cold:
+            scores[:, cold] = float("-inf")
+        top = torch.topk(scores, k=min(k, ds.n_items), dim=1)
+        keep = torch.isfinite(top.values).numpy()
+        rows, ranks = np.nonzero(keep)
+        parts.append(
+            pl.DataFrame(
+                {
+                    "user": chunk[rows],
+                    "rank": ranks + 1,
+                    "item": top.indices.numpy()[keep],
+                    "score": top.values.numpy()[keep].astype(np.float64),
+                }
+            )
+        )
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
 def recommend(
     model: Recommender, ds: PreparedDataset, user_id: str, k: int = 10, include_cold: bool = False
 ) -> pl.DataFrame:
@@ -60,38 +99,45 @@ def recommend(
     vector, which is what makes new items recommendable at all. ``held_out`` marks items
     the user interacted with in validation or test -- hits, when inspecting a model.
     """
-    if k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k}")
     u = user_index(ds, user_id)
-    scores = model.score_all(torch.tensor([u]))
-    cold = cold_mask(ds)
-    excluded = ds.interaction_matrix("train")[[u]]
-    if not include_cold:
-        excluded = excluded + _row(np.flatnonzero(cold), ds.n_items)
-    mask_excluded(scores, excluded.tocsr(), np.array([0]))
-    top = torch.topk(scores[0], k=min(k, ds.n_items))
-    keep = torch.isfinite(top.values)
-    idx, val = top.indices[keep].numpy(), top.values[keep].numpy()
+    top = top_k(model, ds, np.array([u]), k, include_cold)
+    idx, val = top["item"].to_numpy(), top["score"].to_numpy()
     held_out = ds.interaction_matrix("valid", "test")[u].toarray().ravel().astype(bool)
-    titles = ds.items["title"].to_numpy()
     return pl.DataFrame(
         {
-            "rank": np.arange(1, len(idx) + 1),
+            "rank": top["rank"].to_numpy(),
             "item_id": ds.item_ids[idx],
-            "score": val.astype(np.float64),
+            "score": val,
             "probability": _sigmoid(val),
-            "cold": cold[idx],
+            "cold": cold_mask(ds)[idx],
             "held_out": held_out[idx],
-            "title": titles[idx],
+            "title": ds.items["title"].to_numpy()[idx],
         }
     )
 
 
-def _row(items: np.ndarray, n_items: int) -> sp.csr_matrix:
-    """A 1 x n_items indicator row of ``items``."""
-    return sp.csr_matrix(
-        (np.ones(len(items), dtype=np.float32), (np.zeros(len(items), dtype=np.int64), items)),
-        shape=(1, n_items),
+def recommend_all(
+    model: Recommender,
+    ds: PreparedDataset,
+    user_ids: list[str] | None = None,
+    k: int = 10,
+    include_cold: bool = False,
+) -> pl.DataFrame:
+    """Top-``k`` items of every user (``user_ids`` None) or of the named ones, as external
+    ids: columns ``user_id, rank, item_id, score``, users in the order given."""
+    users = (
+        np.arange(ds.n_users)
+        if user_ids is None
+        else np.array([user_index(ds, u) for u in user_ids], dtype=np.int64)
+    )
+    top = top_k(model, ds, users, k, include_cold)
+    return pl.DataFrame(
+        {
+            "user_id": ds.user_ids[top["user"].to_numpy()],
+            "rank": top["rank"].to_numpy(),
+            "item_id": ds.item_ids[top["item"].to_numpy()],
+            "score": top["score"].to_numpy(),
+        }
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from multirec.errors import ConfigError
+from multirec.runtime.devices import device_name
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,8 @@ def apply_thread_policy(threads: Any = None, device: str = "cpu") -> ThreadPolic
 
     global _current
     threads = threads or {}
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     _current = choose_policy(
-        available_cores(), threads.get("torch"), threads.get("workers"), str(device)
+        available_cores(), threads.get("torch"), threads.get("workers"), device_name(device)
     )
     torch.set_num_threads(_current.torch)
     log.info("threads: %s", _current.describe())
