@@ -92,8 +92,9 @@ def test_content_knn_scores_by_nearest_training_items(cold):
     np.testing.assert_allclose(model.score(users, lists).numpy(), want[:, :5], atol=1e-5)
 
 
-def test_ids_tie_cold_items_content_tells_them_apart(cold):
-    """ItemKNN knows cold items by id only: every cold item scores 0 (ties, a random order)."""
+def test_ids_tie_cold_items_content_tells_them_apart(cold, caplog):
+    """ItemKNN knows cold items by id only: every cold item scores 0 (ties, a random order),
+    and the evaluation says so."""
     users = torch.arange(cold.n_users)
     cold_items = torch.from_numpy(np.flatnonzero(~cold.seen_items()))
     assert (ItemKNN().fit(cold).score_all(users)[:, cold_items] == 0).all()
@@ -106,6 +107,17 @@ def test_ids_tie_cold_items_content_tells_them_apart(cold):
         result.metrics["test/cold_items/n_unseen_positives"]
         == result.metrics["test/cold_items/n_lists"]
     )
+    assert result.metrics["test/cold_items/scores_cold_items"] == 1.0
+    assert "random order" not in caplog.text
+    knn = evaluate(
+        ItemKNN().fit(cold),
+        cold,
+        ColdItemsProtocol(num_negatives=5),
+        "test",
+        metrics=MetricSet(["ndcg"], [5]),
+    )
+    assert knn.metrics["test/cold_items/scores_cold_items"] == 0.0
+    assert "ItemKNN knows items only by their training interactions" in caplog.text
 
 
 def test_content_knn_config_and_bad_settings(tmp_path, cold):

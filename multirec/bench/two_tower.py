@@ -109,7 +109,7 @@ def run(n_users: int | None) -> dict:
     dm = build(cfg.datamodule, dataset=ds)
     positives_per_s, _ = fit_steps(model, dm, STEPS)
     step_s = dm.batch_size / positives_per_s
-    batches = len(dm.train_dataloader().dataset)
+    batches = len(dm.train_dataloader())
 
     model.eval()
     t0 = time.perf_counter()

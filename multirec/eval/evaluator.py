@@ -21,6 +21,7 @@ plus ``user_has_history`` (the user has training interactions), ``n_unseen_posit
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from multirec.eval.registry import MetricSet, RankingContext
 from multirec.io import atomic_write_bytes, atomic_write_json
 from multirec.models.base import Recommender, mask_excluded
 from multirec.runtime.timing import progress
+
+log = logging.getLogger(__name__)
 
 SCORE_BUDGET = 1 << 24  # scores per model call when batch_size is not given (64 MiB float32)
 
@@ -117,6 +120,14 @@ def evaluate(
     out[prefix + "n_users"] = int(np.unique(users).size)
     out[prefix + "n_lists_user_without_history"] = int((~frame["user_has_history"]).sum())
     out[prefix + "n_unseen_positives"] = int(frame["n_unseen_positives"].sum())
+    if protocol.name == "cold_items":
+        out[prefix + "scores_cold_items"] = float(model.scores_cold_items)
+        if not model.scores_cold_items:
+            log.warning(
+                "%s knows items only by their training interactions: the cold items tie, so "
+                "its cold_items figures are those of a random order",
+                model.name,
+            )
     return EvalResult(
         split, protocol.name, dict(sorted(out.items())), frame, list_key_columns(per_user)
     )

@@ -64,6 +64,10 @@ class Recommender(ABC):
     """
 
     fitted_on: DatasetSignature | None = None
+    # Whether items without training interactions get scores of their own (from content).
+    # An id-only model ties them all, so under protocol=cold_items it ranks like Random;
+    # the evaluator says so rather than print those figures as if it had learnt something.
+    scores_cold_items: bool = False
 
     @property
     def name(self) -> str:

@@ -47,6 +47,8 @@ from multirec.models.neural import register
 class FREEDOM(LightGCN):
     """See the module docstring; ``layers``, ``lr`` and ``reg`` are LightGCN's."""
 
+    scores_cold_items = True  # through the frozen item-item content graph
+
     def __init__(
         self,
         n_users: int,

@@ -36,6 +36,8 @@ ITEM_CHUNK = 8192  # items per feature projection when building the scoring tabl
 class VBPR(FactorRecommender):
     """See the module docstring. ``n_tags`` and ``n_numeric`` (``**sizes``) are unused."""
 
+    scores_cold_items = True  # through the visual (and text) term
+
     def __init__(
         self,
         n_users: int,
