@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from omegaconf import OmegaConf
 
+import multirec.tracking  # noqa: F401  (registers the resolvers naming runs in conf/)
 from multirec.errors import MultirecError
 
 T = TypeVar("T")

@@ -23,6 +23,7 @@ from multirec.reporting.build import build_report
 from multirec.reporting.runs import collect
 from multirec.reporting.significance import paired_test
 from tests.conftest import compose_cfg
+from tests.test_tracking import read_run
 
 FP = "a" * 64
 N_LISTS = 60
@@ -507,6 +508,7 @@ def test_report_config_composes_with_every_key_read(tmp_path):
     assert set(cfg) == {
         "paths",
         "protocol",
+        "logger",
         "runs",
         "out",
         "split",
@@ -519,7 +521,7 @@ def test_report_config_composes_with_every_key_read(tmp_path):
     }
     source = (Path(__file__).parents[1] / "multirec" / "report.py").read_text()
     for key in set(cfg) - {"paths"}:
-        assert f"cfg.{key}" in source, key
+        assert f"cfg.{key}" in source or f'cfg.get("{key}")' in source, key
 
 
 def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):
@@ -529,12 +531,25 @@ def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):
     out = root / "report-test"
     report.run(
         compose_cfg(
-            "report", [f"runs={root / 'outputs'}", f"out={out}", "max_lists=40", "examples=3"], root
+            "report",
+            [
+                f"runs={root / 'outputs'}",
+                f"out={out}",
+                "max_lists=40",
+                "examples=3",
+                "hydra.job.name=report",  # as `python -m multirec.report` names its job
+            ],
+            root,
         )
     )
     printed = capsys.readouterr().out
     assert "report written to" in printed and "Top-k retrieval on sample_tiny" in printed
     summary = json.loads((out / "report.json").read_text())
+    (offline,) = (root / "run").glob("wandb/offline-run-*/run-*.wandb")  # logger=wandb, offline
+    run = read_run(offline)
+    assert run["job_type"] == run["name"] == run["group"] == "report"
+    assert run["artifacts"] == [("report", "report")]
+    assert run["config"]["runs"] == str(root / "outputs")
     assert summary["checkpoint"] == info["ckpt"]
     assert {
         "modality-weights.png",
