@@ -433,6 +433,67 @@ def test_rows_differing_in_other_settings_are_told_apart(tmp_path):
     assert labels == ["CLIP+SBERT (fusion=attention)", "CLIP+SBERT (fusion=gated)"]
 
 
+def test_variant_runs_get_distinct_labels_naming_what_departs(tmp_path):
+    """Runs as `make fusion` plus variant runs leave them: the paper's architecture, content
+    negatives, cls pooling, ids off; each row names the settings where it departs."""
+    root = tmp_path / "runs"
+
+    def composed(fusion: str, **changes: object) -> dict:
+        config: dict = {
+            "model": {"use_ids": True, "user_profile": True, "match": True},
+            "datamodule": {"negatives": "uniform"},
+            "fusion": {"_target_": f"multirec.models.fusion.{fusion.capitalize()}Fusion"},
+        }
+        if fusion == "attention":
+            config["fusion"]["pooling"] = "mean"
+        for key, value in changes.items():
+            group, name = key.split("__")
+            config[group][name] = value
+        return config
+
+    variants = {
+        "concat": ("concat", {}),
+        "gated": ("gated", {}),
+        "attention": ("attention", {}),
+        "ids": ("attention", {"model__use_ids": False}),
+        "paper": ("attention", {"model__user_profile": False, "model__match": False}),
+        "content": ("attention", {"datamodule__negatives": "content"}),
+        "cls": ("attention", {"fusion__pooling": "cls"}),
+    }
+    for name, (fusion, changes) in variants.items():
+        model_run(
+            root, name, "effnet_sbert", 1, 0.3, fusion=fusion, composed=composed(fusion, **changes)
+        )
+    labels = sorted(r.label for r in T.aggregate(collect(root).entries, "test", "sampled"))
+    assert labels == [
+        "EffNet+SBERT (fusion=attention)",
+        "EffNet+SBERT (fusion=attention, datamodule.negatives=content)",
+        "EffNet+SBERT (fusion=attention, fusion.pooling=cls)",
+        "EffNet+SBERT (fusion=attention, model.match=false, model.user_profile=false)",
+        "EffNet+SBERT (fusion=attention, model.use_ids=false)",
+        "EffNet+SBERT (fusion=concat)",
+        "EffNet+SBERT (fusion=gated)",
+    ]
+
+
+def test_every_result_is_in_a_table_or_named_in_the_notes(tmp_path):
+    root = tmp_path / "outputs"
+    baseline_run(root, "mostpop", "MostPopular", "sampled", 0.3)
+    model_run(root, "full", "effnet_sbert", 1, 0.4)
+    model_run(root, "visual", "effnet_none", 1, 0.35, fusion="gated")  # no full pair to ablate
+    trial = model_run(root, "trial", "clip_sbert", 1, 0.2)  # a tuning trial: validation only
+    record = json.loads((trial / "evaluation.json").read_text())
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if k.startswith("valid/")}
+    (trial / "evaluation.json").write_text(json.dumps(record))
+    (trial / "metrics.json").write_text(json.dumps(record["metrics"]))
+    report = build_report(root, tmp_path / "r", prepared_dir=tmp_path, cache_dir=tmp_path)
+    md = (tmp_path / "r" / "table2-test-sampled.md").read_text()
+    assert "| *Single-modality models* |" in md and "| EffNet (visual-only) |" in md
+    assert "not in Table 3" in md
+    assert not (tmp_path / "r" / "table3-test-sampled.md").exists()
+    assert any("CLIP+SBERT (1 result), with no test results" in n for n in report.notes)
+
+
 def test_settings_an_experiment_file_sets_separate_rows_infrastructure_does_not(tmp_path):
     root = tmp_path / "runs"
 

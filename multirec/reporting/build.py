@@ -26,7 +26,7 @@ from multirec.eval.candidates import CandidateLists
 from multirec.eval.protocols import Protocol
 from multirec.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from multirec.pipeline import checkpoints
-from multirec.reporting import inspect, plots
+from multirec.reporting import formats, inspect, plots
 from multirec.reporting import tables as T
 from multirec.reporting.runs import Entry, collect
 from multirec.reporting.significance import PairedTest, paired_test
@@ -126,7 +126,7 @@ def build_report(
         raise MultirecError(
             f"no run under {runs} has {split} results; evaluate on split={split} or pick another split"
         )
-    report = Report(out, notes=list(collection.notes))
+    report = Report(out, notes=list(collection.notes) + _left_out(collection.entries, fp, split))
     page = [
         f"# Results on {name}",
         "",
@@ -166,6 +166,35 @@ def build_report(
             },
         )
     return report
+
+
+def _left_out(entries: list[Entry], fp: str, split: str) -> list[str]:
+    """Why the results that no table holds are left out, one note per reason."""
+    notes = []
+    others = [e for e in entries if e.dataset != fp]
+    if others:
+        notes.append(
+            f"left out: {_count_labels(others)}, evaluated on other prepared datasets "
+            f"than {fp[:12]} (dataset= chooses which one the report is about)"
+        )
+    silent = [
+        e
+        for e in entries
+        if e.dataset == fp and not any(k.startswith(f"{split}/") for k in e.metrics)
+    ]
+    if silent:
+        notes.append(
+            f"left out: {_count_labels(silent)}, with no {split} results "
+            "(tuning trials and runs with test=false score validation only)"
+        )
+    return notes
+
+
+def _count_labels(entries: list[Entry]) -> str:
+    counts = Counter(e.label for e in entries)
+    return ", ".join(
+        f"{label} ({n} result{'s' if n > 1 else ''})" for label, n in sorted(counts.items())
+    )
 
 
 def _write(folder: Path, report: Report, name: str, text: str) -> None:
@@ -211,10 +240,10 @@ def _tables(
 
 
 def _table_files(folder: Path, report: Report, table: T.Table, extra: list[str]) -> list[str]:
-    md = T.to_markdown(table, extra)
+    md = formats.to_markdown(table, extra)
     _write(folder, report, f"{table.name}.md", md)
-    _write(folder, report, f"{table.name}.csv", T.to_csv(table))
-    _write(folder, report, f"{table.name}.tex", T.to_latex(table))
+    _write(folder, report, f"{table.name}.csv", formats.to_csv(table))
+    _write(folder, report, f"{table.name}.tex", formats.to_latex(table))
     return [md]
 
 
