@@ -86,8 +86,9 @@ def run_name(sep: str = "-", *, _root_: DictConfig) -> str:
 
 
 def folder_name(*, _root_: DictConfig) -> str:
-    """:func:`run_name` as a file name: no path separators, bounded length."""
-    name = re.sub(r"[^A-Za-z0-9._+=,@-]", "-", run_name("_", _root_=_root_))
+    """:func:`run_name` as a file name that a ``ckpt_path=`` override can hold: no path
+    separators, and none of Hydra's ``=`` or ``,`` (``model.use_ids-false``); bounded length."""
+    name = re.sub(r"[^A-Za-z0-9._+@-]", "-", run_name("_", _root_=_root_))
     return name if len(name) <= MAX_NAME else f"{name[: MAX_NAME - 1]}~"
 
 

@@ -658,6 +658,16 @@ def test_inspecting_a_checkpoint(tiny_trained):
         with inspect.without(model, m):
             alone = inspect.candidate_scores(model, ds, lists)["score"].to_numpy()
         assert np.allclose(frame["score"].to_numpy() - alone, delta)
+        # the lift is the delta within its list: it sums to zero over each list's candidates
+        lift = frame[f"lift_{m}"].to_numpy().reshape(12, 21)
+        assert np.allclose(
+            lift, delta.reshape(12, 21) - delta.reshape(12, 21).mean(1, keepdims=True)
+        )
+    # disagreement counts opposite pushes within a list; not all-agreeing as raw deltas
+    # sharing one offset would make it
+    disagree = frame["disagree"].to_numpy()
+    assert np.array_equal(disagree, (frame["lift_visual"] > 0) != (frame["lift_text"] > 0))
+    assert 0 < disagree.mean() < 1
     # rank = 1 + number of candidates of the list scored higher
     scores = frame["score"].to_numpy().reshape(12, 21)
     ranks = frame["rank"].to_numpy().reshape(12, 21)
@@ -678,5 +688,8 @@ def test_inspecting_a_checkpoint(tiny_trained):
         frame.filter(pl.col("positive"))["probability"].max()
     )
     assert best["cover_path"].is_not_null().all()
+    shown = [i for group in examples.values() for i in group["item_id"].to_list()]
+    assert len(shown) == len(set(shown))  # no item in two rows of the figure
+    assert all("user_id" in group.columns for group in examples.values())
     with pytest.raises(ConfigError, match="no audio input"), inspect.without(model, "audio"):
         pass

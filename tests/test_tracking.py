@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from wandb.proto import wandb_internal_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,9 +98,12 @@ def test_a_two_job_sweep_gives_two_runs_with_their_own_configs(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "multirun" / "fusion").iterdir()
     jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
     assert [d.name for d in jobs] == [
-        "0_none+none_concat_bce_trainer.max_epochs=1_seed1",
-        "1_none+none_gated_bce_trainer.max_epochs=1_seed1",
+        "0_none+none_concat_bce_trainer.max_epochs-1_seed1",
+        "1_none+none_gated_bce_trainer.max_epochs-1_seed1",
     ]
+    for job in jobs:  # a job's checkpoint can be passed on: `ckpt_path=<folder>/...` parses
+        path = f"{job}/checkpoints/best.ckpt"
+        assert OverridesParser.create().parse_override(f"ckpt_path={path}").value() == path
     runs = {}
     for job in jobs:
         (offline,) = job.glob("wandb/offline-run-*/run-*.wandb")  # each job its own run

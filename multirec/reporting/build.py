@@ -9,9 +9,12 @@ an earlier report survives)::
     table3-{split}-{protocol}.{md,csv,tex}   the ablation, where ablation runs exist
     significance-{split}-{protocol}.json     best multirec model vs its strongest competitor,
                                              paired on per-list NDCG@10 (-ndcg@20.json: @20)
-    metrics-{split}-{protocol}.png           metrics per encoder pair with error bars
+    metrics-{split}-{protocol}.png           Table 2's rows, one panel per key metric, std over
+                                             seeds as error bars (7 in wide: a paper's text width)
     sampled-vs-full-{split}.png              runs with both protocols' results
     modality-weights.png, predictions.png    from a checkpoint (skipped with a note if none)
+
+Every result found is in a table or named in the notes with the reason it is not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from multirec.errors import ConfigError, DataError, MultirecError
 from multirec.eval.candidates import CandidateLists
@@ -30,6 +34,7 @@ from multirec.reporting import formats, inspect, plots
 from multirec.reporting import tables as T
 from multirec.reporting.runs import Entry, collect
 from multirec.reporting.significance import PairedTest, paired_test
+from multirec.tracking import describe
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +326,17 @@ def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | N
     return max(ok, key=lambda e: e.metrics.get(metric, float("-inf"))).checkpoint
 
 
+def _model_label(model: Any, entries: list[Entry], ckpt: Path) -> str:
+    """The checkpoint's model as its row is labelled (with the seed), else as it was composed."""
+    for protocol in ("sampled", "full", "cold_items"):
+        for row in T.aggregate(entries, "test", protocol) + T.aggregate(entries, "valid", protocol):
+            for e in row.entries:
+                if e.checkpoint is not None and e.checkpoint.resolve() == ckpt.resolve():
+                    return f"{row.label}, seed {e.seed}"
+    choices = (model.hparams.get("provenance") or {}).get("choices") or {}
+    return " ".join(describe(choices)) or model.name
+
+
 def _checkpoint_figures(
     folder: Path,
     report: Report,
@@ -368,7 +384,9 @@ def _checkpoint_figures(
         pairs = inspect.candidate_scores(model, ds, lists)
     else:
         fig = plots.modality_weights_figure(
-            weights, model.modalities, f"What the fusion weighs ({ckpt.parent.parent.name})"
+            weights,
+            model.modalities,
+            f"What the fusion of {_model_label(model, entries, ckpt)} weighs",
         )
         page += [_png(folder, report, "modality-weights.png", fig), ""]
         pairs = weights
