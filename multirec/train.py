@@ -36,7 +36,14 @@ from multirec.pipeline.estimates import check_step_times
 from multirec.pipeline.resume import run_dir_of
 from multirec.pipeline.settings import check_settings
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
-from multirec.tracking import choices, describe, log_files, one_run_per_job, run_config
+from multirec.tracking import (
+    MULTIREC_MODEL,
+    choices,
+    describe,
+    log_files,
+    one_run_per_job,
+    run_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +154,8 @@ def _fit_and_test(
 def results_table(result: dict[str, Any]) -> str:
     """Test metrics of the model beside the baselines scored on the same candidates."""
     parts = describe(result["choices"]) if result["choices"] else []
+    if result["choices"].get("model") != MULTIREC_MODEL:
+        parts = parts[1:]  # the model's name leads the label already
     label = f"{result['model']} ({', '.join(parts)})" if parts else result["model"]
     tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
     return format_tables([(label, tests), *result["comparison"].items()])

@@ -14,6 +14,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from wandb.proto import wandb_internal_pb2 as pb
 
+from multirec.tracking import describe
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 32768  # the offline file is a LevelDB-style log: 32 KiB blocks of framed records
 HEADER = 7  # file header (":W&B", magic, version), then per record crc32, length, type
@@ -128,3 +130,14 @@ def test_a_two_job_sweep_gives_two_runs_with_their_own_configs(tmp_path):
         assert "valid/sampled/ndcg@10" in run["history"]
         assert {"test/sampled/ndcg@10", "test/full/ndcg@10"} <= run["summary"]
         assert [t for t, _ in run["artifacts"]] == ["results"]
+
+
+def test_names_come_from_the_composed_encoders_not_the_pair_chosen():
+    composed = {"encoder": "effnet_sbert", "encoder/visual": "effnet", "encoder/text": "none"}
+    assert describe({**composed, "model": "multimodal", "fusion": "gated", "loss": "bce"}) == [
+        "effnet+none",
+        "gated",
+        "bce",
+    ]
+    assert describe({**composed, "model": "vbpr", "fusion": "gated"}) == ["vbpr", "effnet+none"]
+    assert describe({"logger": "wandb", "protocol": "sampled"}) == []  # a job training nothing
