@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.tree import Tree
 
+import multirec.tracking  # noqa: F401  (registers the resolvers naming runs in conf/)
 from multirec.errors import MultirecError
 from multirec.runtime.devices import trainer_accelerator, trainer_devices, trainer_precision
 

@@ -39,19 +39,16 @@ from multirec.pipeline.estimates import check_step_times
 from multirec.pipeline.resume import run_dir_of
 from multirec.pipeline.settings import check_settings
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
+from multirec.tracking import (
+    MULTIREC_MODEL,
+    choices,
+    describe,
+    log_files,
+    one_run_per_job,
+    run_config,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _choices() -> dict[str, str]:
-    try:
-        return {
-            k: str(v)
-            for k, v in HydraConfig.get().runtime.choices.items()
-            if not k.startswith("hydra")
-        }
-    except ValueError:  # composed outside a Hydra app (tests)
-        return {}
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -84,7 +81,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings(
             "ignore", message=f"Checkpoint directory {re.escape(str(previous))}.* is not empty"
         )
-    out_dir = Path(cfg.paths.output_dir)
     ds = ensure_prepared(cfg.data, cfg.paths)
     items, caches = build_item_inputs(
         ds, cfg.encoder, cfg.paths.cache_dir, device=cfg.device, num_workers=cfg.extract_workers
@@ -103,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "dataset": ds.fingerprint,
         "encoder": OmegaConf.to_container(cfg.encoder, resolve=True),
         "caches": caches,
-        "choices": _choices(),
+        "choices": choices(),
     }
     model = build_model(cfg.model, dataset_sizes(ds, items), provenance)
     model.attach(ds, items)
@@ -114,11 +110,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # evaluation first: checkpointing and early stopping monitor the metrics it logs
     callbacks = [evaluation, *(build(c) for c in (cfg.get("callbacks") or {}).values())]
     loggers = [build(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    # the training loss is logged every log_every_n_steps batches: no more than an epoch
-    # holds, or a small dataset logs none
-    steps = len(shard_bounds(len(ds.train), datamodule.batch_size, 0, trainer.world_size))
-    trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))
+    with one_run_per_job(loggers):
+        for logger in loggers:
+            logger.log_hyperparams(run_config(cfg))
+        trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        # the training loss is logged every log_every_n_steps batches: no more than an epoch
+        # holds, or a small dataset logs none
+        steps = len(shard_bounds(len(ds.train), datamodule.batch_size, 0, trainer.world_size))
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))
+        return _fit_and_test(cfg, trainer, model, datamodule, evaluation, provenance)
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: Any,
+    datamodule: Any,
+    evaluation: RankingEvaluation,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit, then (rank 0) test the best checkpoint and score the compared baselines."""
+    out_dir = Path(cfg.paths.output_dir)
+    ds = datamodule.dataset
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -134,7 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(out_dir),
         "dataset": {"fingerprint": ds.fingerprint, "root": str(ds.root)},
         "choices": provenance["choices"],
-        "caches": caches,
+        "caches": provenance["caches"],
         "modalities": getattr(model, "modalities", []),
     }
     comparison: dict[str, dict[str, float]] = {}
@@ -146,11 +159,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             baseline = build(bcfg).fit(ds)
             comparison[baseline.name] = evaluation.compare(baseline)
         atomic_write_json(out_dir / "comparison.json", comparison)
-    for logger in loggers if trainer.is_global_zero else []:  # other ranks hold no W&B run
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update(
-                {k: v for k, v in metrics.items() if k.startswith("test/")}
-            )
+        results = [out_dir / f for f in ("metrics.json", "evaluation.json", "comparison.json")]
+        log_files(trainer.loggers, f"results-{out_dir.name}", "results", results)
     return {**run, "metrics": metrics, "comparison": comparison}
 
 
@@ -163,11 +173,10 @@ def parameter_counts(model: L.LightningModule) -> str:
 
 def results_table(result: dict[str, Any]) -> str:
     """Compact test metrics of the model beside the baselines scored on the same candidates."""
-    choices = result["choices"]
-    # fusion and loss shape only the multimodal model; other models are named with their encoder
-    parts = ("encoder", "fusion", "loss") if choices.get("model") == "multimodal" else ("encoder",)
-    settings = "+".join(choices[k] for k in parts if k in choices)
-    label = f"{choices.get('model', result['model'])} ({settings})" if settings else result["model"]
+    parts = describe(result["choices"]) if result["choices"] else []
+    if result["choices"].get("model") != MULTIREC_MODEL:
+        parts = parts[1:]  # the model's name leads the label already
+    label = f"{result['model']} ({', '.join(parts)})" if parts else result["model"]
     tests = {k: v for k, v in result["metrics"].items() if k.startswith("test/")}
     return format_tables([(label, tests), *result["comparison"].items()], compact=True)
 

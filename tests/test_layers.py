@@ -17,6 +17,7 @@ LAYERS = {
     "config": 0,
     "cli": 0,
     "runtime": 0,
+    "tracking": 0,
     "data": 1,
     "features": 2,
     "models": 3,

@@ -23,6 +23,7 @@ from multirec.reporting.build import build_report
 from multirec.reporting.runs import collect
 from multirec.reporting.significance import paired_test
 from tests.conftest import compose_cfg
+from tests.test_tracking import read_run
 
 FP = "a" * 64
 N_LISTS = 60
@@ -432,6 +433,67 @@ def test_rows_differing_in_other_settings_are_told_apart(tmp_path):
     assert labels == ["CLIP+SBERT (fusion=attention)", "CLIP+SBERT (fusion=gated)"]
 
 
+def test_variant_runs_get_distinct_labels_naming_what_departs(tmp_path):
+    """Runs as `make fusion` plus variant runs leave them: the paper's architecture, content
+    negatives, cls pooling, ids off; each row names the settings where it departs."""
+    root = tmp_path / "runs"
+
+    def composed(fusion: str, **changes: object) -> dict:
+        config: dict = {
+            "model": {"use_ids": True, "user_profile": True, "match": True},
+            "datamodule": {"negatives": "uniform"},
+            "fusion": {"_target_": f"multirec.models.fusion.{fusion.capitalize()}Fusion"},
+        }
+        if fusion == "attention":
+            config["fusion"]["pooling"] = "mean"
+        for key, value in changes.items():
+            group, name = key.split("__")
+            config[group][name] = value
+        return config
+
+    variants = {
+        "concat": ("concat", {}),
+        "gated": ("gated", {}),
+        "attention": ("attention", {}),
+        "ids": ("attention", {"model__use_ids": False}),
+        "paper": ("attention", {"model__user_profile": False, "model__match": False}),
+        "content": ("attention", {"datamodule__negatives": "content"}),
+        "cls": ("attention", {"fusion__pooling": "cls"}),
+    }
+    for name, (fusion, changes) in variants.items():
+        model_run(
+            root, name, "effnet_sbert", 1, 0.3, fusion=fusion, composed=composed(fusion, **changes)
+        )
+    labels = sorted(r.label for r in T.aggregate(collect(root).entries, "test", "sampled"))
+    assert labels == [
+        "EffNet+SBERT (fusion=attention)",
+        "EffNet+SBERT (fusion=attention, datamodule.negatives=content)",
+        "EffNet+SBERT (fusion=attention, fusion.pooling=cls)",
+        "EffNet+SBERT (fusion=attention, model.match=false, model.user_profile=false)",
+        "EffNet+SBERT (fusion=attention, model.use_ids=false)",
+        "EffNet+SBERT (fusion=concat)",
+        "EffNet+SBERT (fusion=gated)",
+    ]
+
+
+def test_every_result_is_in_a_table_or_named_in_the_notes(tmp_path):
+    root = tmp_path / "outputs"
+    baseline_run(root, "mostpop", "MostPopular", "sampled", 0.3)
+    model_run(root, "full", "effnet_sbert", 1, 0.4)
+    model_run(root, "visual", "effnet_none", 1, 0.35, fusion="gated")  # no full pair to ablate
+    trial = model_run(root, "trial", "clip_sbert", 1, 0.2)  # a tuning trial: validation only
+    record = json.loads((trial / "evaluation.json").read_text())
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if k.startswith("valid/")}
+    (trial / "evaluation.json").write_text(json.dumps(record))
+    (trial / "metrics.json").write_text(json.dumps(record["metrics"]))
+    report = build_report(root, tmp_path / "r", prepared_dir=tmp_path, cache_dir=tmp_path)
+    md = (tmp_path / "r" / "table2-test-sampled.md").read_text()
+    assert "| *Single-modality models* |" in md and "| EffNet (visual-only) |" in md
+    assert "not in Table 3" in md
+    assert not (tmp_path / "r" / "table3-test-sampled.md").exists()
+    assert any("CLIP+SBERT (1 result), with no test results" in n for n in report.notes)
+
+
 def test_settings_an_experiment_file_sets_separate_rows_infrastructure_does_not(tmp_path):
     root = tmp_path / "runs"
 
@@ -507,6 +569,7 @@ def test_report_config_composes_with_every_key_read(tmp_path):
     assert set(cfg) == {
         "paths",
         "protocol",
+        "logger",
         "runs",
         "out",
         "split",
@@ -519,7 +582,7 @@ def test_report_config_composes_with_every_key_read(tmp_path):
     }
     source = (Path(__file__).parents[1] / "multirec" / "report.py").read_text()
     for key in set(cfg) - {"paths"}:
-        assert f"cfg.{key}" in source, key
+        assert f"cfg.{key}" in source or f'cfg.get("{key}")' in source, key
 
 
 def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):
@@ -529,12 +592,25 @@ def test_report_entry_point_on_a_trained_model(tiny_trained, capsys):
     out = root / "report-test"
     report.run(
         compose_cfg(
-            "report", [f"runs={root / 'outputs'}", f"out={out}", "max_lists=40", "examples=3"], root
+            "report",
+            [
+                f"runs={root / 'outputs'}",
+                f"out={out}",
+                "max_lists=40",
+                "examples=3",
+                "hydra.job.name=report",  # as `python -m multirec.report` names its job
+            ],
+            root,
         )
     )
     printed = capsys.readouterr().out
     assert "report written to" in printed and "Top-k retrieval on sample_tiny" in printed
     summary = json.loads((out / "report.json").read_text())
+    (offline,) = (root / "run").glob("wandb/offline-run-*/run-*.wandb")  # logger=wandb, offline
+    run = read_run(offline)
+    assert run["job_type"] == run["name"] == run["group"] == "report"
+    assert run["artifacts"] == [("report", "report")]
+    assert run["config"]["runs"] == str(root / "outputs")
     assert summary["checkpoint"] == info["ckpt"]
     assert {
         "modality-weights.png",
@@ -582,6 +658,16 @@ def test_inspecting_a_checkpoint(tiny_trained):
         with inspect.without(model, m):
             alone = inspect.candidate_scores(model, ds, lists)["score"].to_numpy()
         assert np.allclose(frame["score"].to_numpy() - alone, delta)
+        # the lift is the delta within its list: it sums to zero over each list's candidates
+        lift = frame[f"lift_{m}"].to_numpy().reshape(12, 21)
+        assert np.allclose(
+            lift, delta.reshape(12, 21) - delta.reshape(12, 21).mean(1, keepdims=True)
+        )
+    # disagreement counts opposite pushes within a list; not all-agreeing as raw deltas
+    # sharing one offset would make it
+    disagree = frame["disagree"].to_numpy()
+    assert np.array_equal(disagree, (frame["lift_visual"] > 0) != (frame["lift_text"] > 0))
+    assert 0 < disagree.mean() < 1
     # rank = 1 + number of candidates of the list scored higher
     scores = frame["score"].to_numpy().reshape(12, 21)
     ranks = frame["rank"].to_numpy().reshape(12, 21)
@@ -602,5 +688,8 @@ def test_inspecting_a_checkpoint(tiny_trained):
         frame.filter(pl.col("positive"))["probability"].max()
     )
     assert best["cover_path"].is_not_null().all()
+    shown = [i for group in examples.values() for i in group["item_id"].to_list()]
+    assert len(shown) == len(set(shown))  # no item in two rows of the figure
+    assert all("user_id" in group.columns for group in examples.values())
     with pytest.raises(ConfigError, match="no audio input"), inspect.without(model, "audio"):
         pass

@@ -29,7 +29,7 @@ def test_run_writes_metrics_checkpoints_and_comparison(tiny_trained):
     assert record["kind"] == "model" and "visual" in record["modalities"]
     assert Path(info["ckpt"]).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     comparison = json.loads((run / "comparison.json").read_text())
-    assert set(comparison) == {"Random", "MostPopular"}
+    assert set(comparison) == {"Random", "MostPopular", "ItemKNN", "UserKNN", "BPR-MF"}
     # baselines were scored on the very same lists as the model
     assert comparison["Random"]["test/sampled/n_lists"] == metrics["test/sampled/n_lists"]
 

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from multirec.bench.common import bench_settings, in_subprocess, peak_rss_mib, write
+from multirec.bench.common import (
+    bench_settings,
+    in_subprocess,
+    load,
+    openmp_env,
+    peak_rss_mib,
+    write,
+)
 from multirec.bench.training import CONF, dataset, fit_steps
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
@@ -33,6 +40,8 @@ from multirec.eval.protocols import FullProtocol
 from multirec.models.base import Recommender, Validation
 from multirec.models.items import ItemInputs
 from multirec.models.neural import build_model, dataset_sizes
+from multirec.runtime import apply_thread_policy
+from multirec.runtime.threads import WAIT_POLICY
 
 STEPS = 40
 OVERRIDES = ["model.scoring=two_tower", "loss=softmax"]
@@ -96,6 +105,8 @@ def full_ranking(model: Recommender, ds: PreparedDataset, n_users: int) -> dict:
 
 
 def run(n_users: int | None) -> dict:
+    policy = apply_thread_policy()
+    load_at_start = load()
     torch.manual_seed(0)
     ds = dataset()
     items = random_items(ds)
@@ -120,6 +131,8 @@ def run(n_users: int | None) -> dict:
     vec, _, _ = model._item_table()
     return {
         "overrides": OVERRIDES,
+        "threads": {**policy.as_dict(), "torch": torch.get_num_threads()},
+        "load_at_start": load_at_start,
         "loss": str(cfg.loss._target_).rsplit(".", 1)[-1],
         "fusion": str(cfg.fusion._target_).rsplit(".", 1)[-1],
         "n_users": ds.n_users,
@@ -145,8 +158,11 @@ def main() -> None:
     keys = {"users": (0, "test users ranked (0: all), the time extrapolated to all of them")}
     args = bench_settings(sys.argv[1:], keys, __doc__)
     dataset()  # prepare once, outside the measured process
-    result = in_subprocess("multirec.bench.two_tower", "run", str(args.users))
-    write("two_tower", {"threads": torch.get_num_threads(), **result})
+    # OpenMP's waiting is fixed at start-up: the policy's passive waiting, as training runs
+    result = in_subprocess(
+        "multirec.bench.two_tower", "run", str(args.users), env=openmp_env(WAIT_POLICY)
+    )
+    write("two_tower", {**result, "load_at_end": load()})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
   ``multirec.train`` and evaluations of ``multirec.evaluate``) and merges them into one
   entry per (configuration, seed);
 * :mod:`~multirec.reporting.tables` aggregates entries over seeds into the layouts of the
-  paper's Table 2 and Table 3 and writes Markdown, CSV and LaTeX;
+  paper's Table 2 and Table 3, and :mod:`~multirec.reporting.formats` writes them as
+  Markdown, CSV and LaTeX;
 * :mod:`~multirec.reporting.significance` pairs per-list results of two rows;
 * :mod:`~multirec.reporting.plots` draws the figures (matplotlib, Agg backend);
 * :mod:`~multirec.reporting.inspect` asks a trained checkpoint for recommendations,

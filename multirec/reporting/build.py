@@ -9,9 +9,12 @@ an earlier report survives)::
     table3-{split}-{protocol}.{md,csv,tex}   the ablation, where ablation runs exist
     significance-{split}-{protocol}.json     best multirec model vs its strongest competitor,
                                              paired on per-list NDCG@10 (-ndcg@20.json: @20)
-    metrics-{split}-{protocol}.png           metrics per encoder pair with error bars
+    metrics-{split}-{protocol}.png           Table 2's rows, one panel per key metric, std over
+                                             seeds as error bars (7 in wide: a paper's text width)
     sampled-vs-full-{split}.png              runs with both protocols' results
     modality-weights.png, predictions.png    from a checkpoint (skipped with a note if none)
+
+Every result found is in a table or named in the notes with the reason it is not.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from multirec.errors import ConfigError, DataError, MultirecError
 from multirec.eval.candidates import CandidateLists
 from multirec.eval.protocols import Protocol
 from multirec.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from multirec.pipeline import checkpoints
-from multirec.reporting import inspect, plots
+from multirec.reporting import formats, inspect, plots
 from multirec.reporting import tables as T
 from multirec.reporting.runs import Entry, collect
 from multirec.reporting.significance import PairedTest, paired_test
+from multirec.tracking import describe
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +131,7 @@ def build_report(
         raise MultirecError(
             f"no run under {runs} has {split} results; evaluate on split={split} or pick another split"
         )
-    report = Report(out, notes=list(collection.notes))
+    report = Report(out, notes=list(collection.notes) + _left_out(collection.entries, fp, split))
     page = [
         f"# Results on {name}",
         "",
@@ -166,6 +171,35 @@ def build_report(
             },
         )
     return report
+
+
+def _left_out(entries: list[Entry], fp: str, split: str) -> list[str]:
+    """Why the results that no table holds are left out, one note per reason."""
+    notes = []
+    others = [e for e in entries if e.dataset != fp]
+    if others:
+        notes.append(
+            f"left out: {_count_labels(others)}, evaluated on other prepared datasets "
+            f"than {fp[:12]} (dataset= chooses which one the report is about)"
+        )
+    silent = [
+        e
+        for e in entries
+        if e.dataset == fp and not any(k.startswith(f"{split}/") for k in e.metrics)
+    ]
+    if silent:
+        notes.append(
+            f"left out: {_count_labels(silent)}, with no {split} results "
+            "(tuning trials and runs with test=false score validation only)"
+        )
+    return notes
+
+
+def _count_labels(entries: list[Entry]) -> str:
+    counts = Counter(e.label for e in entries)
+    return ", ".join(
+        f"{label} ({n} result{'s' if n > 1 else ''})" for label, n in sorted(counts.items())
+    )
 
 
 def _write(folder: Path, report: Report, name: str, text: str) -> None:
@@ -211,10 +245,10 @@ def _tables(
 
 
 def _table_files(folder: Path, report: Report, table: T.Table, extra: list[str]) -> list[str]:
-    md = T.to_markdown(table, extra)
+    md = formats.to_markdown(table, extra)
     _write(folder, report, f"{table.name}.md", md)
-    _write(folder, report, f"{table.name}.csv", T.to_csv(table))
-    _write(folder, report, f"{table.name}.tex", T.to_latex(table))
+    _write(folder, report, f"{table.name}.csv", formats.to_csv(table))
+    _write(folder, report, f"{table.name}.tex", formats.to_latex(table))
     return [md]
 
 
@@ -292,6 +326,17 @@ def best_checkpoint(entries: list[Entry], split: str, protocol: str) -> Path | N
     return max(ok, key=lambda e: e.metrics.get(metric, float("-inf"))).checkpoint
 
 
+def _model_label(model: Any, entries: list[Entry], ckpt: Path) -> str:
+    """The checkpoint's model as its row is labelled (with the seed), else as it was composed."""
+    for protocol in ("sampled", "full", "cold_items"):
+        for row in T.aggregate(entries, "test", protocol) + T.aggregate(entries, "valid", protocol):
+            for e in row.entries:
+                if e.checkpoint is not None and e.checkpoint.resolve() == ckpt.resolve():
+                    return f"{row.label}, seed {e.seed}"
+    choices = (model.hparams.get("provenance") or {}).get("choices") or {}
+    return " ".join(describe(choices)) or model.name
+
+
 def _checkpoint_figures(
     folder: Path,
     report: Report,
@@ -339,7 +384,9 @@ def _checkpoint_figures(
         pairs = inspect.candidate_scores(model, ds, lists)
     else:
         fig = plots.modality_weights_figure(
-            weights, model.modalities, f"What the fusion weighs ({ckpt.parent.parent.name})"
+            weights,
+            model.modalities,
+            f"What the fusion of {_model_label(model, entries, ckpt)} weighs",
         )
         page += [_png(folder, report, "modality-weights.png", fig), ""]
         pairs = weights

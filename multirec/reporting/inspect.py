@@ -206,7 +206,9 @@ def _pairs_frame(ds: PreparedDataset, lists: CandidateLists, scores: np.ndarray)
 def prediction_examples(
     pairs: pl.DataFrame, ds: PreparedDataset, n: int = 4
 ) -> dict[str, pl.DataFrame]:
-    """The paper's Figure 2 material, distinct items per group, from :func:`candidate_scores`:
+    """The paper's Figure 2 material from :func:`candidate_scores`, each item in one group
+    only (an item can be one user's best hit and another's miss), with the user it was
+    scored for:
 
     * ``best``: held-out positives the model gave the highest probability;
     * ``missed``: held-out positives with the lowest probability;
@@ -220,12 +222,17 @@ def prediction_examples(
         "missed": pos.sort("probability"),
         "distractors": neg.sort("probability", descending=True),
     }
-    return {
-        name: frame.unique("item_id", keep="first", maintain_order=True)
-        .head(n)
-        .join(info, on="item_id", how="left")
-        for name, frame in picks.items()
-    }
+    out: dict[str, pl.DataFrame] = {}
+    shown: list[str] = []
+    for name, frame in picks.items():
+        out[name] = (
+            frame.filter(~pl.col("item_id").is_in(shown))
+            .unique("item_id", keep="first", maintain_order=True)
+            .head(n)
+            .join(info, on="item_id", how="left")
+        )
+        shown += out[name]["item_id"].to_list()
+    return out
 
 
 # -- what the fusion weighs, and what each modality contributes ----------------------------
@@ -278,14 +285,28 @@ def without(model: MultimodalRecommender, modality: str) -> Iterator[None]:
 def modality_contributions(
     model: MultimodalRecommender, ds: PreparedDataset, lists: CandidateLists
 ) -> pl.DataFrame:
-    """:func:`candidate_scores` plus ``delta_<m>`` = score - score without modality ``m``,
-    for ``visual`` and ``text`` where the model has them."""
+    """:func:`candidate_scores` plus, for ``visual`` and ``text`` where the model has them:
+
+    * ``delta_<m>`` = score - score without modality ``m``;
+    * ``lift_<m>`` = ``delta_<m>`` minus its mean over the candidates of the same list: what
+      the input does to the item's place in its ranking. A delta shares an offset across
+      all items (the learned 'missing' token moves every score alike), so its sign says
+      little; the lift's sign says whether the input pushed the item up or down the list;
+    * with both, ``disagree``: cover and text push the item in opposite directions.
+    """
     frame = candidate_scores(model, ds, lists)
-    for m in ("visual", "text"):
-        if m in model.modalities:
-            with without(model, m):
-                alone = candidate_scores(model, ds, lists)["score"]
-            frame = frame.with_columns((pl.col("score") - alone).alias(f"delta_{m}"))
+    present = [m for m in ("visual", "text") if m in model.modalities]
+    for m in present:
+        with without(model, m):
+            alone = candidate_scores(model, ds, lists)["score"]
+        delta = pl.col("score") - alone
+        frame = frame.with_columns(delta.alias(f"delta_{m}")).with_columns(
+            (pl.col(f"delta_{m}") - pl.col(f"delta_{m}").mean().over("list")).alias(f"lift_{m}")
+        )
+    if len(present) == 2:
+        frame = frame.with_columns(
+            ((pl.col("lift_visual") > 0) != (pl.col("lift_text") > 0)).alias("disagree")
+        )
     return frame
 
 

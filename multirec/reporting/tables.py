@@ -11,13 +11,12 @@ numbers are not comparable and may even order models differently. Rows whose set
 
 from __future__ import annotations
 
-import io
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import polars as pl
 
 from multirec.reporting.runs import TEXT_NAMES, VISUAL_NAMES, Entry
 
@@ -38,6 +37,7 @@ BASELINE_ORDER = ("Random", "MostPopular", "ItemKNN", "UserKNN", "BPR-MF")
 DIGITS = 4
 DIFFERENT_LISTS = "\u2020"  # dagger
 TUNED = "\u2021"  # double dagger
+TIE = "\x00tie"  # no value of a setting is shared by more rows than any other
 
 
 @dataclass(frozen=True)
@@ -169,23 +169,72 @@ def _differing(dicts: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({d.get(k) for d in dicts}) > 1]
 
 
+def _plain(value: str) -> str:
+    """A setting's JSON text as a reader writes it: ``false``, ``cls``, ``128``."""
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return parsed if isinstance(parsed, str) else json.dumps(parsed)
+
+
+def _told_by_choice(key: str, rows: list[Row], choice_keys: list[str]) -> bool:
+    """Whether setting ``key`` only follows a differing group choice (``fusion._target_``
+    with ``fusion=gated``): constant among the rows that made the same choice."""
+    group = key.split(".")[0]
+    if group not in {k.split("/")[0] for k in choice_keys}:
+        return False
+    values: dict[tuple, set[str | None]] = {}
+    for r in rows:
+        chosen = tuple(r.config.get(k) for k in choice_keys if k.split("/")[0] == group)
+        values.setdefault(chosen, set()).add(r.entries[0].settings.get(key))
+    return all(len(v) == 1 for v in values.values())
+
+
 def _disambiguate(rows: list[Row]) -> None:
-    """Append what tells apart rows sharing a label: differing choices, e.g. ``(fusion=gated)``,
-    else the first differing settings of the composed config, e.g. ``(model.dim=128)``."""
+    """Append what tells apart rows sharing a label: every differing group choice, for each
+    row (``(fusion=gated)``), and every other differing setting where the row departs from
+    the value most rows share (``(model.use_ids=false)``; all rows when no value is shared
+    by most; not where the row lacks the setting, as concatenation lacks a pooling). Should
+    two rows still read alike, every differing setting is named for every row."""
     by_label: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         by_label.setdefault((r.kind, r.label), []).append(r)
     for same in by_label.values():
         if len(same) < 2:
             continue
-        keys = _differing([r.config for r in same])
-        source = "config"
-        if not keys:
-            keys, source = _differing([r.entries[0].settings for r in same]), "settings"
-        for r in same:
-            values = r.config if source == "config" else r.entries[0].settings
-            parts = [f"{k}={values.get(k, '-')}" for k in keys[:3]]
-            r.label += " (" + ", ".join(parts + (["\u2026"] if len(keys) > 3 else [])) + ")"
+        choice_keys = _differing([r.config for r in same])
+        settings = [r.entries[0].settings for r in same]
+        differing = _differing(settings)
+        keys = [k for k in differing if not _told_by_choice(k, same, choice_keys)]
+        usual = {k: _usual([s.get(k) for s in settings]) for k in keys}
+        parts = [
+            [f"{k}={r.config.get(k, '-')}" for k in choice_keys]
+            + [
+                f"{k}={_plain(values[k])}"
+                for k in keys
+                if k in values and (usual[k] == TIE or values[k] != usual[k])
+            ]
+            for r, values in zip(same, settings, strict=True)
+        ]
+        if len({tuple(p) for p in parts}) < len(same):
+            parts = [
+                [f"{k}={r.config.get(k, '-')}" for k in choice_keys]
+                + [f"{k}={_plain(values.get(k, '-'))}" for k in differing]
+                for r, values in zip(same, settings, strict=True)
+            ]
+        for r, p in zip(same, parts, strict=True):
+            if p:
+                r.label += " (" + ", ".join(p) + ")"
+
+
+def _usual(values: list[str | None]) -> str | None:
+    """The value more rows share than any other (None: most rows lack the setting);
+    ``TIE`` when two values are shared by as many rows."""
+    counts = Counter(values).most_common()
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return TIE
+    return counts[0][0]
 
 
 def _rest(row: Row) -> tuple:
@@ -286,13 +335,17 @@ def tuning_notes(rows: list[Row]) -> list[str]:
 
 def table2(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
     """Baselines, the field's models, then multirec's models that use both a visual and a
-    text encoder, by encoder pair."""
+    text encoder, by encoder pair; single-modality models that no ablation group of
+    Table 3 holds come last, so every row is in one of the two tables."""
     baselines = sorted((r for r in rows if r.kind == "baseline"), key=_baseline_order)
     field_models = sorted((r for r in rows if r.field_model), key=lambda r: r.label)
     models = sorted(
         (r for r in _multirec(rows) if "none" not in _encoders(r)), key=lambda r: r.label
     )
-    if not baselines and not field_models and not models:
+    ablated = {id(r) for group in ablation_groups(rows) for r in group[1:] if r is not None}
+    single = [r for r in _multirec(rows) if "none" in _encoders(r)]
+    unplaced = sorted((r for r in single if id(r) not in ablated), key=lambda r: r.label)
+    if not baselines and not field_models and not models and not unplaced:
         return None
     sections = [
         Section(h, rs)
@@ -300,21 +353,29 @@ def table2(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | 
             ("Baselines", baselines),
             ("Field models", field_models),
             ("Multimodal models", models),
+            ("Single-modality models", unplaced),
         )
         if rs
     ]
-    caption, notes, odd = _caption(
-        "Top-k retrieval", baselines + field_models + models, rows, split, protocol, dataset
-    )
-    if any("none" in _encoders(r) for r in _multirec(rows)):
-        notes.append("single-modality models are in the ablation table (Table 3)")
+    members = baselines + field_models + models + unplaced
+    caption, notes, odd = _caption("Top-k retrieval", members, rows, split, protocol, dataset)
+    if ablated:
+        notes.append(
+            "single-modality models beside a full pair with otherwise equal settings are in "
+            "the ablation table (Table 3)"
+        )
+    if unplaced:
+        notes.append(
+            "single-modality models: no full-pair run with otherwise equal settings to "
+            "ablate against, so not in Table 3"
+        )
     return Table(
         f"table2-{split}-{protocol}", "Table 2", caption, split, protocol, sections, notes, odd
     )
 
 
-def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
-    """Ablation: each full pair next to its text-only and visual-only variants.
+def ablation_groups(rows: list[Row]) -> list[tuple[Row, Row | None, Row | None]]:
+    """(full pair, its text-only variant, its visual-only variant) of multirec's models.
 
     A group is formed for a full pair (V, T) when a text-only run with T or a visual-only run
     with V exists with otherwise equal settings; if some pairs have both variants, only
@@ -331,6 +392,13 @@ def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | 
             groups.append((full, text_only, visual_only))
     if any(t and v for _, t, v in groups):
         groups = [g for g in groups if g[1] and g[2]]
+    return groups
+
+
+def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | None:
+    """Ablation: each full pair next to its text-only and visual-only variants
+    (:func:`ablation_groups`)."""
+    groups = ablation_groups(rows)
     if not groups:
         return None
     sections = []
@@ -353,127 +421,3 @@ def table3(rows: list[Row], split: str, protocol: str, dataset: str) -> Table | 
 
 def _relabel(row: Row, label: str) -> Row:
     return Row(label, row.kind, row.config, row.entries, row.cells, row.n_lists)
-
-
-# -- formats ----------------------------------------------------------------------------
-def _cell_text(cell: Cell | None, pm: str) -> str:
-    if cell is None:
-        return "\u2013"
-    text = f"{cell.mean:.{DIGITS}f}"
-    if cell.n > 1:
-        text += f"{pm}{cell.std:.{DIGITS}f}"
-    return text
-
-
-def to_markdown(table: Table, extra: list[str] | None = None) -> str:
-    """The table with its caption above and notes (plus ``extra`` lines) below."""
-    heads = [h for h, _ in COLUMNS]
-    best = {m: table.best(m) for _, m in COLUMNS}
-    lines = [
-        f"**{table.title}.** {table.caption}",
-        "",
-        "| Method | " + " | ".join(heads) + " | Seeds |",
-        "|---|" + "---:|" * (len(heads) + 1),
-    ]
-    for section in table.sections:
-        if section.heading:
-            lines.append(f"| *{section.heading}* |" + " |" * (len(heads) + 1))
-        for r in section.rows:
-            cells = []
-            for _, m in COLUMNS:
-                text = _cell_text(r.cells.get(m), " \u00b1 ")
-                cells.append(f"**{text}**" if id(r) in best[m] else text)
-            lines.append(f"| {table.label(r)} | " + " | ".join(cells) + f" | {len(r.entries)} |")
-    tail = [*table.notes, *(extra or [])]
-    if tail:
-        lines += ["", *(f"- {n}" for n in tail)]
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(table: Table) -> str:
-    """One line per row: means, standard deviations, seeds and list counts (machine-readable)."""
-    records = []
-    for section in table.sections:
-        for r in section.rows:
-            rec: dict[str, object] = {
-                "section": section.heading or "",
-                "method": table.label(r),
-                "kind": r.kind,
-                "split": table.split,
-                "protocol": table.protocol,
-                "tuned": r.tuning is not None,
-                "n_seeds": len(r.entries),
-                "seeds": " ".join(map(str, r.seeds)),
-                "n_lists": r.n_lists,
-            }
-            for _, m in COLUMNS:
-                cell = r.cells.get(m)
-                rec[f"{m}_mean"] = cell.mean if cell else None
-                rec[f"{m}_std"] = cell.std if cell and cell.n > 1 else None
-            records.append(rec)
-    buf = io.BytesIO()
-    pl.DataFrame(records, infer_schema_length=None).write_csv(buf)
-    return buf.getvalue().decode()
-
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "\u00b1": r"$\pm$",
-    DIFFERENT_LISTS: r"$^\dagger$",
-    TUNED: r"$^\ddagger$",
-    "\u2013": "--",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
-
-
-def to_latex(table: Table) -> str:
-    """A ``table`` environment with booktabs rules (``\\usepackage{booktabs}``)."""
-    heads = [h for h, _ in COLUMNS]
-    best = {m: table.best(m) for _, m in COLUMNS}
-    width = len(heads) + 2
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        rf"\caption{{{latex_escape(table.caption)}}}",
-        rf"\label{{tab:{table.name}}}",
-        r"\begin{tabular}{l" + "r" * (width - 1) + "}",
-        r"\toprule",
-        "Method & " + " & ".join(latex_escape(h) for h in heads) + r" & Seeds \\",
-        r"\midrule",
-    ]
-    for i, section in enumerate(table.sections):
-        if i:
-            lines.append(r"\midrule")
-        if section.heading:
-            lines.append(
-                rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(section.heading)}}}}} \\"
-            )
-        for r in section.rows:
-            cells = []
-            for _, m in COLUMNS:
-                text = latex_escape(_cell_text(r.cells.get(m), " \u00b1 "))
-                cells.append(rf"\textbf{{{text}}}" if id(r) in best[m] else text)
-            lines.append(
-                latex_escape(table.label(r))
-                + " & "
-                + " & ".join(cells)
-                + rf" & {len(r.entries)} \\"
-            )
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if table.notes:
-        lines.append(r"\par\footnotesize " + "; ".join(latex_escape(n) for n in table.notes))
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
