@@ -12,6 +12,7 @@ from __future__ import annotations
 from multirec.runtime import apply_thread_policy
 
 # isort: split
+import logging
 from pathlib import Path
 
 import hydra
@@ -26,7 +27,10 @@ from multirec.eval.evaluator import evaluate, write_results
 from multirec.eval.table import format_tables
 from multirec.eval.validation import full_ranking_validation
 from multirec.models.base import Recommender
+from multirec.pipeline.estimates import WORTH_TELLING_S, evaluation_estimate, refuse_long
 from multirec.pipeline.stages import ensure_prepared
+
+log = logging.getLogger(__name__)
 
 
 def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
@@ -55,6 +59,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the configured model; write results into ``cfg.paths.output_dir``; return metrics."""
     model, dataset = model_and_dataset(cfg)
     protocol = build(cfg.protocol)
+    estimate = evaluation_estimate(model, protocol, protocol.name, dataset, cfg.split)
+    log.log(
+        logging.INFO if estimate.seconds >= WORTH_TELLING_S else logging.DEBUG,
+        "estimate: %s",
+        estimate,
+    )
+    refuse_long(
+        estimate, protocol, "protocol", dataset, cfg.split, cfg.long_step_hours, cfg.allow_long
+    )
     result = evaluate(
         model,
         dataset,

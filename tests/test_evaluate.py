@@ -19,7 +19,7 @@ from multirec.baselines.knn import ItemKNN
 from multirec.baselines.simple import MostPopular, RandomRecommender
 from multirec.bench.evaluation import per_user_loop, synthetic_prepared, write_prepared
 from multirec.data.dataset import PreparedDataset
-from multirec.errors import MultirecError
+from multirec.errors import ConfigError, MultirecError
 from multirec.eval.evaluator import evaluate, tag_features
 from multirec.eval.protocols import FullProtocol, SampledProtocol
 from multirec.eval.table import format_tables, job_labels
@@ -127,6 +127,18 @@ def test_entry_point_writes_results_on_shared_candidates(tmp_path, tiny_prepared
         out[baseline] = (ev, lists)
     assert out["random"][0]["candidates"] == out["mostpop"][0]["candidates"]
     assert out["random"][1]["item_id"].to_list() == out["mostpop"][1]["item_id"].to_list()
+
+
+def test_a_full_ranking_over_the_time_limit_is_refused_before_it_starts(tmp_path, tiny_prepared):
+    overrides = ["data=tiny", "baseline=mostpop", "protocol=full", "long_step_hours=1e-9"]
+    cfg = compose_cfg("evaluate", overrides, tmp_path)
+    cfg.paths.prepared_dir = str(tiny_prepared.root.parent)
+    cfg.paths.output_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"protocol\.user_fraction=.*allow_long=true"):
+        run(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    cfg.allow_long = True
+    assert run(cfg)["test/full/n_users"] > 0
 
 
 def test_unknown_keys_are_errors(tmp_path):

@@ -153,14 +153,32 @@ def check_step_times(
     for e in estimates:
         log.log(logging.INFO if e.seconds >= WORTH_TELLING_S else logging.DEBUG, "estimate: %s", e)
     for (split, name), e in zip(runs, estimates[1:], strict=True):
-        protocol = protocols[name]
-        full = isinstance(protocol.lists(dataset, split), FullRankingTargets)
-        if full and e.seconds > long_step_hours * 3600 and not allow_long:
-            share = _round_down(protocol.user_fraction * long_step_hours * 3600 / e.seconds)
-            raise ConfigError(
-                f"the full-ranking {split} evaluation would take about "
-                f"{format_duration(e.seconds)} ({e.work:,} scores at {e.rate:,.0f}/s measured here), "
-                f"over long_step_hours={long_step_hours:g}: rank for a share of the users with "
-                f"protocols.{name}.user_fraction={share:g}, or run it anyway with allow_long=true"
-            )
+        refuse_long(
+            e, protocols[name], f"protocols.{name}", dataset, split, long_step_hours, allow_long
+        )
     return estimates
+
+
+def refuse_long(
+    estimate: Estimate,
+    protocol: Protocol,
+    key: str,
+    dataset: PreparedDataset,
+    split: str,
+    long_step_hours: float,
+    allow_long: bool,
+) -> None:
+    """Refuse a full-ranking evaluation estimated above ``long_step_hours`` unless
+    ``allow_long``, naming the share of users that fits (``key``: the protocol's config
+    node): a job of days never starts quietly."""
+    if not isinstance(protocol.lists(dataset, split), FullRankingTargets):
+        return
+    if estimate.seconds > long_step_hours * 3600 and not allow_long:
+        share = _round_down(protocol.user_fraction * long_step_hours * 3600 / estimate.seconds)
+        raise ConfigError(
+            f"the full-ranking {split} evaluation would take about "
+            f"{format_duration(estimate.seconds)} ({estimate.work:,} scores at "
+            f"{estimate.rate:,.0f}/s measured here), over long_step_hours={long_step_hours:g}: "
+            f"rank for a share of the users with {key}.user_fraction={share:g}, or run it "
+            "anyway with allow_long=true"
+        )
