@@ -10,6 +10,7 @@ import torch
 
 from multirec.baselines.content_knn import ContentKNN, content_vectors
 from multirec.baselines.knn import ItemKNN
+from multirec.config import build
 from multirec.data.config import DataConfig
 from multirec.data.prepare import prepare
 from multirec.data.splits import TEST, TRAIN, VALID, cold_item_labels, split_labels
@@ -127,6 +128,9 @@ def test_content_knn_config_and_bad_settings(tmp_path, cold):
         "evaluate", ["baseline=content_knn", "encoder@baseline.encoder=clip_sbert"], tmp_path
     )
     assert "clip" in clip.baseline.encoder.visual.model
+    cfg.baseline.cache_dir = str(tmp_path)  # ${paths.cache_dir} resolves only in a Hydra run
+    built = build(cfg.baseline)  # as multirec.evaluate builds it: the encoder stays a config
+    assert built.encoder.visual._target_.endswith("EfficientNetLite0Encoder")
     with pytest.raises(ConfigError, match="needs item features"):
         ContentKNN()
     with pytest.raises(ConfigError, match="must name some of"):
