@@ -39,6 +39,7 @@ from multirec.pipeline.estimates import check_step_times
 from multirec.pipeline.resume import run_dir_of
 from multirec.pipeline.settings import check_settings
 from multirec.pipeline.stages import build_item_inputs, ensure_prepared
+from multirec.reporting.runs import COMPARE_DIR, safe_name
 from multirec.tracking import (
     MULTIREC_MODEL,
     choices,
@@ -157,7 +158,9 @@ def _fit_and_test(
         metrics.update(evaluation.test(trainer, model, out_dir, run))
         for bcfg in (cfg.get("compare") or {}).values():
             baseline = build(bcfg).fit(ds)
-            comparison[baseline.name] = evaluation.compare(baseline)
+            comparison[baseline.name] = evaluation.compare(
+                baseline, out_dir / COMPARE_DIR / safe_name(baseline.name)
+            )
         atomic_write_json(out_dir / "comparison.json", comparison)
         results = [out_dir / f for f in ("metrics.json", "evaluation.json", "comparison.json")]
         log_files(trainer.loggers, f"results-{out_dir.name}", "results", results)

@@ -204,6 +204,13 @@ def final(
     return seeds
 
 
+def space(cfg: DictConfig, target: Target) -> dict[str, Any]:
+    """The space ``target``'s config declares (``search.model`` or ``search.baseline``; a
+    model run also composes its compared baselines' spaces, which it never searches)."""
+    node = OmegaConf.select(cfg, f"search.{target.group}")
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
 def record(
     target: Target, cfg: DictConfig, best: dict[str, Any], seeds: list[int], folder: Path
 ) -> None:
@@ -217,7 +224,7 @@ def record(
         "sampler_seed": budget.sampler_seed,
         "metric": budget.metric,
         "seeds": seeds,
-        "space": OmegaConf.to_container(cfg.search, resolve=True),
+        "space": space(cfg, target),
         **best,
     }
     for run_dir in find_run_dirs(folder):
@@ -240,7 +247,7 @@ def tune(names: list[str] | None, out: Path, overrides: list[str]) -> Path:
     for target, cfg in plans:
         t0 = time.monotonic()
         best: dict[str, Any] = {}
-        if cfg.get("search"):
+        if space(cfg, target):
             best = search(
                 target, cfg, routed[f"search-{target.group}"], out / "search" / target.name
             )

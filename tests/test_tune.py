@@ -24,7 +24,7 @@ TARGETS = tune.targets(None)
 
 
 def space_of(target: tune.Target) -> dict:
-    return OmegaConf.to_container(tune.compose_config(target.app, target.search_args()).search)
+    return tune.space(tune.compose_config(target.app, target.search_args()), target)
 
 
 def test_every_model_and_every_baseline_with_settings_declares_a_space():
@@ -48,7 +48,7 @@ def test_a_space_names_settings_of_its_own_model_and_never_reaches_its_construct
 ):
     cfg = tune.compose_config(target.app, target.search_args())
     space = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
-    assert space == OmegaConf.to_container(cfg.search)
+    assert space == tune.space(cfg, target)  # a model's compared baselines' spaces stay apart
     distributions, fixed = create_params_from_overrides([f"{k}={v}" for k, v in space.items()])
     assert set(distributions) == set(space) and not fixed  # every entry is searched
     node = cfg[target.group]

@@ -20,7 +20,7 @@ import lightning as L
 
 from multirec.data.dataset import PreparedDataset
 from multirec.errors import ConfigError
-from multirec.eval.evaluator import EvalResult, evaluate, write_results
+from multirec.eval.evaluator import EvalResult, evaluate, write_lists, write_results
 from multirec.eval.protocols import Protocol
 from multirec.eval.registry import MetricSet
 from multirec.models.base import Recommender
@@ -80,6 +80,10 @@ class RankingEvaluation(L.Callback):
             logger.log_metrics(merged, step=trainer.global_step)
         return merged
 
-    def compare(self, model: Recommender) -> dict[str, float]:
-        """Test metrics of another model (a baseline) on the same lists, not written anywhere."""
-        return {k: v for r in self.evaluate(model, "test") for k, v in r.metrics.items()}
+    def compare(self, model: Recommender, out_dir: Path) -> dict[str, float]:
+        """Test metrics of another model (a baseline) on the same lists; its per-list results
+        go to ``out_dir`` (``compare/<name>/`` of the run), for the report's paired tests."""
+        results = self.evaluate(model, "test")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_lists(results, out_dir)
+        return {k: v for r in results for k, v in r.metrics.items()}

@@ -269,19 +269,25 @@ def _frame(
     )
 
 
+def write_lists(results: list[EvalResult], out_dir: Path) -> list[str]:
+    """Write each result's per-list parquet (``lists-{split}-{protocol}.parquet``, what paired
+    significance tests read) into ``out_dir``; returns the file names."""
+    files = []
+    for r in results:
+        name = f"lists-{r.split}-{r.protocol}.parquet"
+        buf = io.BytesIO()
+        r.lists.write_parquet(buf)
+        atomic_write_bytes(Path(out_dir) / name, buf.getvalue())
+        files.append(name)
+    return files
+
+
 def write_results(results: list[EvalResult], out_dir: Path, provenance: dict) -> dict[str, float]:
     """Write ``metrics.json`` (all results' metrics, flat), per-list parquet files and
     ``evaluation.json`` (provenance: model, protocol settings, dataset, candidate files)."""
     out_dir = Path(out_dir)
-    merged: dict[str, float] = {}
-    files = []
-    for r in results:
-        merged.update(r.metrics)
-        name = f"lists-{r.split}-{r.protocol}.parquet"
-        buf = io.BytesIO()
-        r.lists.write_parquet(buf)
-        atomic_write_bytes(out_dir / name, buf.getvalue())
-        files.append(name)
+    merged = {k: v for r in results for k, v in r.metrics.items()}
+    files = write_lists(results, out_dir)
     atomic_write_json(out_dir / "metrics.json", merged)
     atomic_write_json(
         out_dir / "evaluation.json", {**provenance, "metrics": merged, "lists": files}

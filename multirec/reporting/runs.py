@@ -46,6 +46,7 @@ import yaml
 RUN_FILE = "metrics.json"
 EVAL_FILE = "evaluation.json"
 COMPARISON_FILE = "comparison.json"
+COMPARE_DIR = "compare"  # per-list results of the compared baselines, one folder each
 TUNING_FILE = "tuning.json"
 MULTIREC_MODEL = "multimodal"  # the `model` choice of multirec's own recommender
 LIST_FILE = re.compile(r"lists-(?P<split>[a-z]+)-(?P<protocol>[a-z_]+)\.parquet")
@@ -287,9 +288,15 @@ def _comparisons(run_dir: Path, run: Entry) -> list[Entry]:
             metrics=_floats(metrics),
             run_dirs=[run_dir],
             finished=run.finished,
+            lists=_list_files(run_dir / COMPARE_DIR / safe_name(str(name))),
         )
         for name, metrics in json.loads(path.read_text()).items()
     ]
+
+
+def safe_name(name: str) -> str:
+    """A model's name as a folder name (``BPR-MF`` stays, anything but ``[\\w.-]`` becomes _)."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def _protocols(metrics: dict[str, float]) -> set[str]:
