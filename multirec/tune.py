@@ -191,8 +191,8 @@ def final(
     if target.group == "model":
         # the final runs stop early and keep their best epoch as the trials did
         own = [] if "valid_protocol" in user else [f"valid_protocol={cfg.valid_protocol}"]
-        # compare={}: the baselines enter the table as tuned runs of their own
-        argv = [f"model={target.name}", *chosen, *own, "task_name=tuned", "compare={}"]
+        # ~compare: the baselines enter the table as tuned runs of their own
+        argv = [f"model={target.name}", *chosen, *own, "task_name=tuned", "~compare"]
         seed_key = "seed"
     else:
         argv = [f"baseline={target.name}", *chosen, "split=test", "protocol=sampled,full"]

@@ -355,7 +355,7 @@ def test_train_entry_point_runs_a_graph_model(tmp_path):
             "logger=none",
             "trainer.max_epochs=2",
             "trainer.enable_progress_bar=false",
-            "compare={}",
+            "~compare",
         ],
         tmp_path,
     )

@@ -55,7 +55,7 @@ def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
             "fusion=attention",
             "logger=none",
             "trainer.max_epochs=1",
-            "compare={}",
+            "~compare",
         ],
         tmp_path,
     )
@@ -69,7 +69,7 @@ def test_resume_with_the_same_configuration_continues(tiny_trained):
     root, info = tiny_trained
     last = Path(info["ckpt"]).parent / "last.ckpt"
     cfg = compose_cfg(
-        "train", ["data=tiny", "logger=csv", "trainer.max_epochs=4", "seed=1", "compare={}"], root
+        "train", ["data=tiny", "logger=csv", "trainer.max_epochs=4", "seed=1", "~compare"], root
     )
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
