@@ -7,7 +7,8 @@ entry points themselves run, each in its own process:
 1. **search** -- an Optuna sweep (``experiment=tune`` of ``multirec.train`` for a model, of
    ``multirec.evaluate`` for a baseline) of the space its config declares
    (``conf/{model,baseline}/search/``): ``tune.trials`` trials of a seeded sampler, each
-   scored by validation full-ranking NDCG@10;
+   scored by validation full-ranking NDCG@10, and the configured settings as one more trial
+   (the better of the two is chosen, so tuning never ends below the defaults);
 2. **final** -- the best settings once per seed of ``tune.seeds`` (a baseline without a
    ``seed`` setting once), tested under both protocols; ``tuning.json`` beside each run
    records the budget and the choice for the report. Random and MostPopular have an empty
@@ -173,11 +174,23 @@ def launch(app: str, args: list[str]) -> None:
 
 
 def search(target: Target, cfg: DictConfig, args: list[str], folder: Path) -> dict[str, Any]:
-    """Run the target's Optuna sweep into ``folder``; its best settings and validation value."""
+    """Run the target's Optuna sweep into ``folder``, and its configured settings as one more
+    trial (``folder/defaults``), so that tuning never ends below what the config ships with;
+    returns the better of the two: its settings (empty for the defaults) and validation value."""
     protocol = budget_of(cfg).metric.split("/")[1]  # a baseline is scored as the models are
-    launch(target.app, [*target.search_args(protocol), *args, f"hydra.sweep.dir={quote(folder)}"])
-    result = yaml.safe_load((folder / "optimization_results.yaml").read_text())
-    return {"best_params": dict(result["best_params"]), "best_value": float(result["best_value"])}
+    found = {}
+    for where, extra in (
+        (folder, []),
+        (folder / "defaults", ["hydra.sweeper.n_trials=1", "hydra.sweeper.params=null"]),
+    ):
+        launch(
+            target.app,
+            [*target.search_args(protocol), *args, *extra, f"hydra.sweep.dir={quote(where)}"],
+        )
+        result = yaml.safe_load((where / "optimization_results.yaml").read_text())
+        found[where] = (float(result["best_value"]), dict(result["best_params"]))
+    value, params = max(found.values(), key=lambda vp: vp[0])
+    return {"best_params": params, "best_value": value, "defaults_trial": True}
 
 
 def final(

@@ -160,12 +160,15 @@ def test_a_contest_end_to_end_on_the_tiny_sample(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert "mostpop has nothing to tune" in log
 
-    # the searches scored the validation split only, two trials each
+    # the searches scored the validation split only, two trials and the defaults each
     for name in ("itemknn", "lightgcn"):
         result = OmegaConf.load(out / "search" / name / "optimization_results.yaml")
         assert 0 < result.best_value <= 1
-        trials = [d for d in (out / "search" / name).iterdir() if d.is_dir()]
-        assert len(trials) == 2
+        folder = out / "search" / name
+        trials = [d for d in folder.iterdir() if d.is_dir() and d.name != "defaults"]
+        configured = [d for d in (folder / "defaults").iterdir() if d.is_dir()]
+        assert len(trials) == 2 and len(configured) == 1  # two searched, the defaults once
+        trials += configured
         for d in trials:
             metrics = (
                 json.loads((d / "metrics.json").read_text())
@@ -177,7 +180,7 @@ def test_a_contest_end_to_end_on_the_tiny_sample(tmp_path):
 
     # the final runs: LightGCN over three seeds, ItemKNN (deterministic) and MostPopular once
     tuning = json.loads(next((out / "final" / "lightgcn").rglob("tuning.json")).read_text())
-    assert tuning["trials"] == 2 and tuning["seeds"] == [1, 2, 3]
+    assert tuning["trials"] == 2 and tuning["seeds"] == [1, 2, 3] and tuning["defaults_trial"]
     assert set(tuning["best_params"]) == {"model.lr", "model.reg", "model.dim", "model.layers"}
     assert len(list((out / "final" / "lightgcn").rglob("tuning.json"))) == 3
     assert (
@@ -197,6 +200,7 @@ def test_a_contest_end_to_end_on_the_tiny_sample(tmp_path):
         assert all(r["ndcg@20_mean"] and r["recall@10_mean"] for r in rows.values())
         md = (out / "report" / f"table2-test-{protocol}.md").read_text()
         assert "\u2021 tuned by multirec.tune: 2 trials" in md and "of the valid split" in md
+        assert "plus its configured settings as one more" in md
         test = json.loads((out / "report" / f"significance-test-{protocol}.json").read_text())
         assert test["a"] == "LightGCN" and test["b"] in ("MostPopular", "ItemKNN")
     assert "tuned table:" in log

@@ -311,7 +311,9 @@ def budget_text(tuning: dict) -> str:
     split, protocol, metric = str(tuning["metric"]).split("/")
     return (
         f"{tuning['trials']} trials of Optuna's {tuning['sampler']} (seed {tuning['sampler_seed']}) "
-        f"over the space its config declares, chosen on {metric.upper()} of the {split} split "
+        f"over the space its config declares"
+        f"{', plus its configured settings as one more' if tuning.get('defaults_trial') else ''}, "
+        f"chosen on {metric.upper()} of the {split} split "
         f"under the {protocol} protocol; the chosen settings were tested once per seed"
     )
 
