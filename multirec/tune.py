@@ -251,6 +251,12 @@ def tune(names: list[str] | None, out: Path, overrides: list[str]) -> Path:
     chosen = targets(names)
     configs = {step: compose_config(app, list(base)) for step, (app, base) in STEPS.items()}
     routed = route(overrides, configs)
+    if not any(o.lstrip("+~").startswith("trainer.max_epochs=") for o in overrides):
+        # one epoch cap for every trial and final run of a neural model, wide enough that
+        # early stopping, not the cap, ends them (a capped model would be flattered away)
+        cap = f"trainer.max_epochs={configs['search-model'].tune.max_epochs}"
+        for step in ("search-model", "final-model"):
+            routed[step] = [cap, *routed[step]]
     plans = []
     for target in chosen:  # every config composed and checked before any work
         cfg = compose_config(target.app, [*target.search_args(), *routed[f"search-{target.group}"]])
