@@ -62,7 +62,7 @@ from multirec.errors import MultirecError
 from multirec.models.base import Recommender
 from multirec.models.freedom import FREEDOM
 from multirec.models.graph import knn_graph, square
-from multirec.models.neural import NeuralRecommender, build_model, dataset_sizes
+from multirec.models.neural import build_model, dataset_sizes
 from multirec.runtime import apply_thread_policy, available_cores
 from multirec.runtime.threads import WAIT_POLICY
 
@@ -87,6 +87,7 @@ def train_config(spec: dict, model: str = "multimodal") -> DictConfig:
 
 
 def baseline_node(spec: dict, name: str, settings: dict[str, Any]) -> DictConfig:
+    """The baseline ``train`` compares under ``name``, as a run would build it, with ``settings``."""
     return OmegaConf.merge(train_config(spec).compare[name], settings)
 
 
@@ -115,7 +116,7 @@ def fit_baseline(ds: PreparedDataset, spec: dict) -> tuple[Recommender, dict]:
     return model, {**record, **extrapolated(seconds / spec["epochs"], limit)}
 
 
-def item_graph_stand_in(model: NeuralRecommender, m: int) -> dict:
+def item_graph_stand_in(model: FREEDOM, m: int) -> dict:
     """FREEDOM's frozen item-item graph timed on ``m`` random items and extrapolated.
 
     Its cost is the all-pairs similarity product and top-k, both quadratic in the items, so
@@ -196,7 +197,7 @@ def fit_implicit_bpr(ds: PreparedDataset, spec: dict) -> tuple[Recommender, dict
     _, seconds = timed(lambda: model.fit(x, show_progress=False))
     ref = Reference("implicit BPR", factor_rows(model.user_factors, model.item_factors))
     record = {"measured_s": seconds, "epochs_timed": spec["epochs"], "implicit_threads": threads}
-    per_epoch = seconds / spec["epochs"]
+    per_epoch = seconds / spec["epochs"]  # extrapolated to BPR-MF's epoch limit, as ours is
     return ref, {**record, **extrapolated(per_epoch, int(node.epochs))}
 
 
@@ -254,7 +255,8 @@ def ratios(ours: dict, theirs: dict) -> dict:
     """Ours / theirs for fit (per epoch where iterative), evaluation and peak RSS."""
     fit_key = "per_epoch_s" if "per_epoch_s" in ours["fit"] else "fit_s"
     return {
-        f"fit_{fit_key}": ours["fit"][fit_key] / theirs["fit"][fit_key],
+        "fit_compares": fit_key,
+        "fit": ours["fit"][fit_key] / theirs["fit"][fit_key],
         "full_ranking_s": ours["full_ranking"]["seconds_all_test_users"]
         / theirs["full_ranking"]["seconds_all_test_users"],
         "peak_rss": ours["peak_rss_mib"]["after_evaluation"]
