@@ -17,7 +17,7 @@ KEYS = {"steps": (30, "timed steps"), "busy": ([0, 1], "busy cores"), "validate"
 
 
 @pytest.mark.parametrize(
-    "name", ["data", "features", "evaluation", "training", "two_tower", "reference"]
+    "name", ["data", "features", "evaluation", "training", "two_tower", "models", "reference"]
 )
 def test_help_prints_usage_and_keys_without_starting_the_job(name, tmp_path):
     if name == "reference" and importlib.util.find_spec("recbole") is None:
@@ -56,3 +56,27 @@ def test_bad_settings_are_one_line_and_status_2(argv, message, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_models_bench_measures_a_bounded_fit_and_ranks_every_test_user(tiny_prepared):
+    """One run of the models benchmark's per-model function on the tiny sample: the
+    iterative fit is extrapolated from what it timed, every test user is ranked."""
+    from multirec.bench.models import measure, ratios
+
+    bounds = {"epochs": 2, "steps": 2, "users": 0, "graph_items": 0}
+    small_batches = {"overrides": ["datamodule.batch_size=32"]}  # the tiny sample: 400 positives
+
+    neural = measure({"model": "lightgcn", **bounds, **small_batches}, tiny_prepared)
+    fit = neural["fit"]
+    assert fit["extrapolated"] and fit["conf_max_epochs"] == 20  # conf/trainer's limit
+    assert fit["fit_s"] == pytest.approx(fit["one_off_s"] + 20 * fit["per_epoch_s"])
+    ranking = neural["full_ranking"]
+    assert not ranking["extrapolated"] and ranking["users_ranked"] == ranking["test_users"]
+    rss = list(neural["peak_rss_mib"].values())
+    assert rss == sorted(rss)  # a peak only grows
+
+    bpr = measure({"model": "bprmf", **bounds, "overrides": []}, tiny_prepared)
+    assert bpr["fit"]["epochs_timed"] == 2 and bpr["fit"]["conf_max_epochs"] == 200
+    assert bpr["fit"]["per_epoch_s"] == pytest.approx(bpr["fit"]["measured_s"] / 2)
+    same = {"fit_compares": "per_epoch_s", "fit": 1.0, "full_ranking_s": 1.0, "peak_rss": 1.0}
+    assert ratios(bpr, bpr) == same

@@ -163,7 +163,8 @@ def _sparse_rows(scores: sp.spmatrix) -> Callable[[np.ndarray], np.ndarray]:
     return lambda users: scores[users].toarray()
 
 
-def _factor_rows(user: np.ndarray, item: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def factor_rows(user: np.ndarray, item: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Score rows of a factor model as the libraries compute them: ``user @ item.T``."""
     user, item = torch.from_numpy(user), torch.from_numpy(item)
     return lambda users: (user[torch.from_numpy(users)] @ item.T).numpy()
 
@@ -210,7 +211,7 @@ def implicit_bpr(
         model.fit(x, show_progress=False)
         ref = _bound(
             Reference(
-                "implicit BPR", _factor_rows(model.user_factors.copy(), model.item_factors.copy())
+                "implicit BPR", factor_rows(model.user_factors.copy(), model.item_factors.copy())
             ),
             ds,
         )
@@ -301,7 +302,7 @@ def recbole_bpr(ds: PreparedDataset, learning_rate: float) -> tuple[Reference, d
         "epochs": len(scores),
         "validation_ndcg@10": float(scores[int(best["epoch"])]),
     }
-    return _bound(Reference("RecBole BPR", _factor_rows(users, items)), ds), record
+    return _bound(Reference("RecBole BPR", factor_rows(users, items)), ds), record
 
 
 def _bound(model: Recommender, ds: PreparedDataset) -> Recommender:
