@@ -299,6 +299,24 @@ def test_item_vectors_cached_until_a_weight_or_the_items_change(tmp_path):
     assert len(runs) == 5
 
 
+def test_the_models_own_fused_optimiser_never_leaves_stale_item_vectors(tmp_path):
+    """Fused AdamW steps without bumping the version counters the cache key reads: scoring
+    after a training step must still use the new item vectors, or validation (early
+    stopping, the best epoch) would rank new user vectors against old item vectors."""
+    m = model_from(tmp_path, TWO_TOWER).eval()
+    users = torch.tensor([0, 1])
+    before = m.score_all(users)
+    opt = m.configure_optimizers()
+    assert opt.defaults["fused"]
+    m.train()
+    m.on_train_batch_start(_batch(), 0)  # as Lightning calls it before every step
+    m.training_step(_batch(), 0).backward()
+    opt.step()
+    after = m.score_all(users)
+    m._table = None  # recomputed from scratch
+    assert torch.allclose(after, m.score_all(users)) and not torch.allclose(after, before)
+
+
 def test_contrastive_alignment_reaches_the_scoring_projections(tmp_path):
     m = model_from(tmp_path, [*PAIRWISE, "loss=bce_contrastive", "loss.alpha=1.0", "fusion=concat"])
     m.training_step(_batch(), 0).backward()

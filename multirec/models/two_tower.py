@@ -9,6 +9,8 @@ against shared, in-batch or per-row negatives, as the loss asks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -79,8 +81,9 @@ class TwoTowerScoring:
         return vec, bias, weights
 
     def _weights_key(self) -> tuple:
-        """Changes whenever any weight does: an optimiser step or a loaded state bumps a
-        tensor's version counter, moving the model moves its storage."""
+        """Changes when a weight is edited in place outside training (a loaded state, a hand
+        edit bump the version counters) or the model moves (its storage moves). Fused
+        optimisers step without bumping them: :meth:`on_train_batch_start` drops the table."""
         return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
     def _item_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -88,7 +91,7 @@ class TwoTowerScoring:
 
         Computed in chunks (bounded memory whatever the catalogue) and kept until a weight or
         the item inputs change, so an evaluation computes them once however many users it
-        scores; resumed training invalidates them with its first step.
+        scores; every training batch drops them (see :meth:`_weights_key`).
         """
         assert not self.training, "item vectors are cached for scoring in eval mode only"
         key = self._weights_key()
@@ -104,6 +107,9 @@ class TwoTowerScoring:
             )
             self._table = (self.items, key, vec, bias, weights)
         return self._table[2], self._table[3], self._table[4]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._table = None  # the weights are about to change, whatever the optimiser
 
     def _expected_log_share(
         self, items: torch.Tensor, n_sampled: int, n_batch: int
