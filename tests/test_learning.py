@@ -2,7 +2,7 @@
 
 On fixed-seed samples: the paper's pairwise model beats MostPopular and Random and text beats
 visual when most covers are misleading; the two-tower model beats BPR-MF under full ranking
-where content is informative and interactions are few, stays within noise of it where
+where content is informative and interactions are few, is never weaker than it where
 content is noise, and beats ContentKNN on items nobody interacted with in training.
 
 Features come from the sample's ground truth (topic of the text, topic drawn on the
@@ -194,14 +194,17 @@ def test_two_tower_beats_bprmf_where_content_is_informative(raw, tmp_path):
     assert diff > 2 * se, (diff, se)
 
 
-def test_two_tower_matches_bprmf_where_content_is_noise(world, tmp_path):
+def test_two_tower_is_never_weaker_than_bprmf_where_content_is_noise(world, tmp_path):
+    """Noise features must not cost the id path anything: at least BPR-MF's quality, within
+    noise. (It is often better: softmax over shared negatives and the history term make a
+    stronger id model than BPR-MF's, so the check is one-sided.)"""
     ds, text, visual = world
     rng = np.random.default_rng(1)
     noise = item_inputs(ds, *(rng.normal(size=x.shape).astype(np.float32) for x in (visual, text)))
     model = fit_two_tower(ds, noise, tmp_path, FullProtocol())
     diff, se = paired(full_ranking(model, ds), full_ranking(BPRMF().fit(ds), ds))
     print(f"two-tower - BPR-MF, full ndcg@10: {diff:+.4f} (se {se:.4f})")
-    assert abs(diff) < 2 * se, (diff, se)
+    assert diff > -2 * se, (diff, se)
 
 
 def test_two_tower_beats_content_knn_on_cold_items(raw, tmp_path):
