@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -285,9 +286,19 @@ def recbole_bpr(ds: PreparedDataset, learning_rate: float) -> tuple[Reference, d
         model = BPR(config, train.dataset)
         trainer = Trainer(config, model)
         scores: dict[int, float] = {}  # epoch (0-based) -> validation NDCG@10
-        trainer.fit(train, valid, verbose=False, saved=True, callback_fn=scores.__setitem__)
-        best = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["state_dict"])
+        best: dict[str, Any] = {}  # the best epoch (0-based) and its weights
+
+        def keep_best(epoch: int, score: float) -> None:
+            """Called after RecBole's early-stopping check: ``cur_step`` is 0 exactly when it
+            took this epoch as its best, so the weights kept are the ones it would save.
+            Kept in memory: RecBole's saved file is a pickle of its whole config."""
+            scores[epoch] = score
+            if trainer.cur_step == 0:
+                best["epoch"] = epoch
+                best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        trainer.fit(train, valid, verbose=False, saved=False, callback_fn=keep_best)
+    model.load_state_dict(best["state"])
     # RecBole renumbers tokens (id 0 is padding): put each embedding back at our index
     users = np.zeros((ds.n_users, FACTORS), dtype=np.float32)
     items = np.zeros((ds.n_items, FACTORS), dtype=np.float32)
