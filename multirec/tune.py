@@ -115,11 +115,22 @@ def compose_config(app: str, overrides: list[str]) -> DictConfig:
         ) from None
 
 
+def override_key(item: str) -> str:
+    """The key a Hydra override sets (``+a.b=1``, ``~a.b`` -> ``a.b``)."""
+    return item.lstrip("+~").partition("=")[0]
+
+
+def unless_given(given: list[str], defaults: dict[str, Any]) -> list[str]:
+    """``key=value`` for each of ``defaults`` that the overrides ``given`` leave unset."""
+    keys = {override_key(item) for item in given}
+    return [f"{k}={v}" for k, v in defaults.items() if k not in keys]
+
+
 def route(overrides: list[str], configs: dict[str, DictConfig]) -> dict[str, list[str]]:
     """Each step's share of the user's overrides: those whose top-level key its config has."""
     routed: dict[str, list[str]] = {step: [] for step in configs}
     for item in overrides:
-        key = item.lstrip("+~").partition("=")[0]
+        key = override_key(item)
         if key in RESERVED:
             raise ConfigError(
                 f"{item}: multirec.tune sets {key} itself (models=... picks what is tuned, "
@@ -200,10 +211,10 @@ def final(
     returns the seeds (none for a baseline without a ``seed`` setting: it is deterministic)."""
     seeds = list(budget_of(cfg).seeds)
     chosen = [f"{k}={v}" for k, v in best.items()]
-    user = {item.lstrip("+~").partition("=")[0] for item in args}
+    user = {override_key(item) for item in args}
     if target.group == "model":
         # the final runs stop early and keep their best epoch as the trials did
-        own = [] if "valid_protocol" in user else [f"valid_protocol={cfg.valid_protocol}"]
+        own = unless_given(args, {"valid_protocol": cfg.valid_protocol})
         # ~compare: the baselines enter the table as tuned runs of their own
         argv = [f"model={target.name}", *chosen, *own, "task_name=tuned", "~compare"]
         seed_key = "seed"
@@ -251,12 +262,11 @@ def tune(names: list[str] | None, out: Path, overrides: list[str]) -> Path:
     chosen = targets(names)
     configs = {step: compose_config(app, list(base)) for step, (app, base) in STEPS.items()}
     routed = route(overrides, configs)
-    if not any(o.lstrip("+~").startswith("trainer.max_epochs=") for o in overrides):
-        # one epoch cap for every trial and final run of a neural model, wide enough that
-        # early stopping, not the cap, ends them (a capped model would be flattered away)
-        cap = f"trainer.max_epochs={configs['search-model'].tune.max_epochs}"
-        for step in ("search-model", "final-model"):
-            routed[step] = [cap, *routed[step]]
+    # one epoch cap for every trial and final run of a neural model, wide enough that early
+    # stopping, not the cap, ends them (a capped model would be flattered away)
+    cap = unless_given(overrides, {"trainer.max_epochs": configs["search-model"].tune.max_epochs})
+    for step in ("search-model", "final-model"):
+        routed[step] = [*cap, *routed[step]]
     plans = []
     for target in chosen:  # every config composed and checked before any work
         cfg = compose_config(target.app, [*target.search_args(), *routed[f"search-{target.group}"]])
