@@ -12,7 +12,6 @@ from __future__ import annotations
 from multirec.runtime import apply_thread_policy
 
 # isort: split
-import logging
 from pathlib import Path
 
 import hydra
@@ -27,10 +26,8 @@ from multirec.eval.evaluator import evaluate, write_results
 from multirec.eval.table import format_tables
 from multirec.eval.validation import full_ranking_validation
 from multirec.models.base import Recommender
-from multirec.pipeline.estimates import WORTH_TELLING_S, evaluation_estimate, refuse_long
+from multirec.pipeline.estimates import evaluation_estimate, refuse_long, tell
 from multirec.pipeline.stages import ensure_prepared
-
-log = logging.getLogger(__name__)
 
 
 def load_model(cfg: DictConfig, dataset: PreparedDataset) -> Recommender:
@@ -60,11 +57,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model, dataset = model_and_dataset(cfg)
     protocol = build(cfg.protocol)
     estimate = evaluation_estimate(model, protocol, protocol.name, dataset, cfg.split)
-    log.log(
-        logging.INFO if estimate.seconds >= WORTH_TELLING_S else logging.DEBUG,
-        "estimate: %s",
-        estimate,
-    )
+    tell(estimate)
     refuse_long(
         estimate, protocol, "protocol", dataset, cfg.split, cfg.long_step_hours, cfg.allow_long
     )

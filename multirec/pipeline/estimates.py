@@ -151,12 +151,19 @@ def check_step_times(
     estimates = [Estimate("training epoch", len(dataset.train), "positives", rate)]
     estimates += [evaluation_estimate(model, protocols[n], n, dataset, s) for s, n in runs]
     for e in estimates:
-        log.log(logging.INFO if e.seconds >= WORTH_TELLING_S else logging.DEBUG, "estimate: %s", e)
+        tell(e)
     for (split, name), e in zip(runs, estimates[1:], strict=True):
         refuse_long(
             e, protocols[name], f"protocols.{name}", dataset, split, long_step_hours, allow_long
         )
     return estimates
+
+
+def tell(estimate: Estimate) -> None:
+    """Log ``estimate``: on the terminal when the step is long enough to matter, else in
+    the run's log file only."""
+    level = logging.INFO if estimate.seconds >= WORTH_TELLING_S else logging.DEBUG
+    log.log(level, "estimate: %s", estimate)
 
 
 def refuse_long(
