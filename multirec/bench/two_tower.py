@@ -32,12 +32,13 @@ from multirec.bench.common import (
     peak_rss_mib,
     write,
 )
+from multirec.bench.reference import Reference, factor_rows
 from multirec.bench.training import CONF, dataset, fit_steps
 from multirec.config import build
 from multirec.data.dataset import PreparedDataset
 from multirec.eval.evaluator import evaluate
 from multirec.eval.protocols import FullProtocol
-from multirec.models.base import Recommender, Validation
+from multirec.models.base import Recommender
 from multirec.models.items import ItemInputs
 from multirec.models.neural import build_model, dataset_sizes
 from multirec.runtime import apply_thread_policy
@@ -47,23 +48,13 @@ STEPS = 40
 OVERRIDES = ["model.scoring=two_tower", "loss=softmax"]
 
 
-class DotProduct(Recommender):
-    """Random 64-factor user and item vectors plus an item bias: BPR-MF's scoring cost."""
-
-    def __init__(self, n_users: int, n_items: int, factors: int = 64) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.p = torch.randn(n_users, factors, generator=gen)
-        self.q = torch.randn(n_items, factors, generator=gen)
-        self.b = torch.zeros(n_items)
-
-    def _fit(self, dataset: PreparedDataset, validation: Validation | None = None) -> None:
-        """Nothing to learn: only the scoring cost is measured."""
-
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bf,bcf->bc", self.p[users], self.q[items]) + self.b[items]
-
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b, self.p[users.cpu()], self.q.T)
+def dot_product(ds: PreparedDataset, factors: int = 64) -> Recommender:
+    """Random ``factors``-wide user and item vectors behind the adapter the reference
+    benchmark scores the libraries' factor models with: BPR-MF's scoring cost."""
+    rng = np.random.default_rng(0)
+    user = rng.standard_normal((ds.n_users, factors), dtype=np.float32)
+    item = rng.standard_normal((ds.n_items, factors), dtype=np.float32)
+    return Reference(f"{factors}-factor dot product", factor_rows(user, item)).fit(ds)
 
 
 def random_features(n: int, dim: int, rng: np.random.Generator, block: int = 8192) -> np.ndarray:
@@ -127,7 +118,7 @@ def run(n_users: int | None) -> dict:
     model.score_all(torch.tensor([0]))  # fills the item-vector cache
     table_s = time.perf_counter() - t0
     two_tower = full_ranking(model, ds, n_users)
-    reference = full_ranking(DotProduct(ds.n_users, ds.n_items).fit(ds), ds, n_users)
+    reference = full_ranking(dot_product(ds), ds, n_users)
     vec, _, _ = model._item_table()
     return {
         "overrides": OVERRIDES,

@@ -84,6 +84,5 @@ class RankingEvaluation(L.Callback):
         """Test metrics of another model (a baseline) on the same lists; its per-list results
         go to ``out_dir`` (``compare/<name>/`` of the run), for the report's paired tests."""
         results = self.evaluate(model, "test")
-        out_dir.mkdir(parents=True, exist_ok=True)
         write_lists(results, out_dir)
         return {k: v for r in results for k, v in r.metrics.items()}
