@@ -42,7 +42,7 @@ BATCH = 64
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def test_ddp_two_processes_train_what_one_process_trains(tmp_path):
