@@ -19,6 +19,8 @@ from multirec.features.encoders.text import HFTextEncoder, masked_mean
 from multirec.features.extraction import instantiate_encoder
 from tests.conftest import compose_cfg
 
+CPU = torch.device("cpu")
+
 WORDS = [
     "the",
     "a",
@@ -341,7 +343,7 @@ def test_identity_follows_file_content_and_options_not_location(tmp_path):
     for f in path.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     ident = {
-        p: encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={p}")[1]["text"].identity()
+        p: encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={p}")[1]["text"].identity(CPU)
         for p in (path, copy)
     }
     assert ident[path] == ident[copy]
@@ -351,11 +353,11 @@ def test_identity_follows_file_content_and_options_not_location(tmp_path):
     f32 = encoder_for(
         tmp_path, "effnet_bert", f"encoder.text.path={path}", "encoder.text.dtype=float32"
     )[1]
-    assert cls["text"].identity() != ident[path] and f32["text"].identity() != ident[path]
+    assert cls["text"].identity(CPU) != ident[path] and f32["text"].identity(CPU) != ident[path]
     (copy / "vocab.txt").write_text((copy / "vocab.txt").read_text() + "extra\n")
-    changed = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={copy}")[1][
-        "text"
-    ].identity()
+    changed = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={copy}")[1]["text"].identity(
+        CPU
+    )
     assert changed["files"]["vocab.txt"] != ident[path]["files"]["vocab.txt"]
 
 
@@ -368,12 +370,13 @@ def test_identity_names_encoder_classes_by_their_public_path(tmp_path):
     # must not matter, or a reorganised package would orphan every cache and checkpoint.
     path = save_tiny_bert(tmp_path / "bert")
     _, enc = encoder_for(tmp_path, "effnet_bert", f"encoder.text.path={path}")
-    assert enc["text"].identity()["encoder"] == "multirec.features.encoders.HFTextEncoder"
+    assert enc["text"].identity(CPU)["encoder"] == "multirec.features.encoders.HFTextEncoder"
     assert (
-        enc["visual"].identity()["encoder"] == "multirec.features.encoders.EfficientNetLite0Encoder"
+        enc["visual"].identity(CPU)["encoder"]
+        == "multirec.features.encoders.EfficientNetLite0Encoder"
     )
     own = _OwnTextEncoder("tiny", path=str(path))
-    assert own.identity()["encoder"] == f"{__name__}._OwnTextEncoder"
+    assert own.identity(CPU)["encoder"] == f"{__name__}._OwnTextEncoder"
 
 
 # -- configuration errors --------------------------------------------------------------------
@@ -387,7 +390,7 @@ def test_missing_model_fails_fast_in_one_line_naming_the_model_and_path_key(tmp_
         _, enc = encoder_for(tmp_path, pair)
         t0 = time.perf_counter()
         with pytest.raises(ConfigError) as err:
-            enc[side].identity()
+            enc[side].identity(CPU)
         msg = str(err.value)
         assert time.perf_counter() - t0 < 10
         assert model in msg and f"encoder.{side}.path=" in msg and "\n" not in msg
@@ -397,13 +400,25 @@ def test_bad_encoder_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="encoder.visual.path=/no/such/dir does not exist"):
         encoder_for(tmp_path, "clip_sbert", "encoder.visual.path=/no/such/dir")[1][
             "visual"
-        ].identity()
+        ].identity(CPU)
     with pytest.raises(ConfigError, match="encoder.text.pooling='max' is unknown"):
         encoder_for(tmp_path, "clip_bert", "encoder.text.pooling=max")
     with pytest.raises(ConfigError, match="encoder.visual.dtype='bfloat16' is unknown"):
         encoder_for(tmp_path, "effnet_sbert", "encoder.visual.dtype=bfloat16")
+    with pytest.raises(ConfigError, match="encoder.text.precision='half' is unknown"):
+        encoder_for(tmp_path, "effnet_sbert", "encoder.text.precision=half")
     with pytest.raises(ConfigError, match="unexpected keyword argument 'colour'"):
         encoder_for(tmp_path, "effnet_sbert", "+encoder.visual.colour=red")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch, native):
+    from multirec.runtime import devices
+
+    monkeypatch.setattr(devices, "cpu_multiplies_bfloat16", lambda: native)
+    assert devices.inference_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert devices.inference_precision("float32", "cpu") == "float32"
+    assert devices.inference_precision("bfloat16", "cpu") == "bfloat16"
 
 
 def test_unknown_encoder_name_lists_the_valid_ones(tmp_path):

@@ -69,12 +69,16 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def encoders(models: dict[str, Path], root: Path, *overrides: str):
+    """The tiny encoders in float32, whose rows the tests compare with the model's own output;
+    ``precision`` overrides test the lower ones."""
     cfg = compose_cfg(
         "extract",
         [
             "encoder=clip_bert",
             f"encoder.visual.path={models['visual']}",
             f"encoder.text.path={models['text']}",
+            "encoder.visual.precision=float32",
+            "encoder.text.precision=float32",
             *overrides,
         ],
         root,
@@ -95,6 +99,33 @@ def reference(ds, models, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     enc = encoders(models, root)
     return enc, build(ds, enc, root / "cache", num_workers=2)
+
+
+def test_bfloat16_features_match_float32_ones_in_a_cache_of_their_own(
+    ds, models, reference, caplog
+):
+    enc32, paths32 = reference
+    enc16 = encoders(
+        models,
+        ds.root.parent,
+        "encoder.visual.precision=bfloat16",
+        "encoder.text.precision=bfloat16",
+    )
+    with caplog.at_level(logging.INFO, logger="multirec"):
+        paths16 = build(ds, enc16, paths32["visual"].parent)
+    for side in ("visual", "text"):
+        # the precision is part of the identity: a float32 cache never serves bfloat16
+        assert paths16[side] != paths32[side]
+        (f32, ok32, _), (f16, ok16, attrs) = (
+            load_features(paths32[side]),
+            load_features(paths16[side]),
+        )
+        assert attrs["encoder"]["precision"] == "bfloat16"
+        assert (ok32 == ok16).all()
+        a, b = f32[ok32].astype(np.float64), f16[ok16].astype(np.float64)
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.99 and not np.array_equal(a, b)
+    assert caplog.text.count(" in bfloat16 into ") == 2
 
 
 def test_every_item_is_encoded_and_unusable_ones_are_marked(ds, reference):

@@ -3,8 +3,8 @@
 Benchmarks run on machines shared with other work, so every figure is reported with the
 load average it ran under and the thread settings it used, and speed is stated as a
 ratio to a limit measured in the same process, under the same load and threads: the
-throughput of a plain float32 matrix product (:func:`matmul_gflops`) divided by the FLOPs
-one unit of work costs (:func:`count_flops`).
+throughput of a plain matrix product in the precision the work computes in
+(:func:`matmul_gflops`) divided by the FLOPs one unit of work costs (:func:`count_flops`).
 
 torch is imported only where it is used, so that the data benchmark's peak memory is its own.
 """
@@ -31,7 +31,7 @@ from multirec.io import atomic_write_json
 from multirec.runtime import available_cores, current_policy
 
 BENCH_DIR = Path("outputs/bench")
-MATMUL_N = 1024  # square float32 product: large enough to run near the cores' peak
+MATMUL_N = 1024  # square product: large enough to run near the cores' peak
 
 
 def bench_settings(
@@ -89,11 +89,11 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def matmul_gflops(seconds: float = 1.0, n: int = MATMUL_N) -> float:
-    """float32 GFLOP/s of an ``n`` x ``n`` matrix product on torch's current threads."""
+def matmul_gflops(seconds: float = 1.0, n: int = MATMUL_N, dtype: str = "float32") -> float:
+    """GFLOP/s of an ``n`` x ``n`` matrix product in ``dtype`` on torch's current threads."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b
     reps, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds:

@@ -4,9 +4,11 @@
    first ``items`` items of the pixelrec50k-size sample, with covers drawn as
    ``cover_px`` JPEGs: the end-to-end rate (DataLoader workers decoding or tokenising,
    the model, HDF5 writes) against the limit implied by the model's FLOPs per item
-   (counted with ``FlopCounterMode`` on the real inputs) and the float32 matmul
-   throughput of all cores, measured in the same process before and after. The rate is
-   extrapolated to the whole pixelrec50k catalogue (82,865 items).
+   (counted with ``FlopCounterMode`` on the real inputs) and the matmul throughput of all
+   cores in the precision the encoder computes in, measured in the same process before
+   and after. The rate is extrapolated to the whole pixelrec50k catalogue (82,865 items).
+   Each precision of ``precisions`` runs: ``auto`` is the encoders' default (bfloat16
+   where the CPU multiplies it natively), ``float32`` the exact one.
    Each thread configuration (``configs``) runs in a fresh process, since OpenMP reads
    its settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's
    defaults before it (OpenMP threads spin while waiting, one per core, 2 workers);
@@ -20,6 +22,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -150,14 +153,18 @@ def extract_once(spec: dict) -> dict:
     ds = PreparedDataset.load(spec["dataset"])
     enc = OmegaConf.create(spec["encoder"])
     out = {"threads": {**policy.as_dict(), "openmp_wait": os.environ.get("OMP_WAIT_POLICY")}}
+    for side in ("visual", "text"):
+        enc[side].precision = spec["precision"]
     logger = logging.getLogger("multirec.features.extraction")
     logger.setLevel(logging.INFO)
     for side in ("visual", "text"):
+        dtype = str(instantiate_encoder(enc[side]).compute_dtype(torch.device("cpu")))
+        dtype = dtype.removeprefix("torch.")
         phases = _Phases()
         logger.addHandler(phases)
         with busy_core(spec["busy"]):
             torch.set_num_threads(policy.cores)
-            load_before, mm_before = load(), matmul_gflops()
+            load_before, mm_before = load(), matmul_gflops(dtype=dtype)
             cpu0 = cpu_seconds()
             path, wall = timed(
                 lambda side=side: ensure_cache(
@@ -170,7 +177,7 @@ def extract_once(spec: dict) -> dict:
             )
             cpu = cpu_seconds() - cpu0
             torch.set_num_threads(policy.cores)
-            mm_after, load_after = matmul_gflops(), load()
+            mm_after, load_after = matmul_gflops(dtype=dtype), load()
         logger.removeHandler(phases)
         _, valid, attrs = load_features(path)
         n_valid = int(valid.sum())
@@ -190,6 +197,7 @@ def extract_once(spec: dict) -> dict:
             "items_per_s_with_setup": n_valid / attrs["elapsed_s"],
             "items_per_cpu_s": n_valid / cpu,
             "model_alone_items_per_s": phases.model_alone,
+            "precision": dtype,
             "gflop_per_item": spec["flops"][side] / 1e9,
             "matmul_gflops_all_cores": [mm_before, mm_after],
             "limit_items_per_s": limit,
@@ -206,22 +214,22 @@ def extraction(args: SimpleNamespace, tmp: Path) -> dict:
     flops = {side: flops_per_item(enc[side], ds) for side in ("visual", "text")}
     cores = available_cores()
     runs = {}
-    for busy in args.busy:
-        for name in args.configs:
-            cfg = parse_config(name, cores)
-            spec = {
-                **cfg,
-                "busy": busy,
-                "dataset": str(ds.root),
-                "encoder": OmegaConf.to_container(enc, resolve=True),
-                "cache": str(tmp / f"{name}-busy{busy}"),
-                "flops": flops,
-            }
-            key = f"{name}{' + busy core' if busy else ''}"
-            runs[key] = in_subprocess(
-                "multirec.bench.features", "extract", json.dumps(spec), env=openmp_env(cfg["wait"])
-            )
-            print(key, json.dumps(runs[key]), file=sys.stderr)
+    for busy, name, precision in itertools.product(args.busy, args.configs, args.precisions):
+        cfg = parse_config(name, cores)
+        spec = {
+            **cfg,
+            "busy": busy,
+            "precision": precision,
+            "dataset": str(ds.root),
+            "encoder": OmegaConf.to_container(enc, resolve=True),
+            "cache": str(tmp / f"{name}-{precision}-busy{busy}"),
+            "flops": flops,
+        }
+        key = f"{name} {precision}{' + busy core' if busy else ''}"
+        runs[key] = in_subprocess(
+            "multirec.bench.features", "extract", json.dumps(spec), env=openmp_env(cfg["wait"])
+        )
+        print(key, json.dumps(runs[key]), file=sys.stderr)
     return {
         "dataset": {"items": ds.n_items, "cover_px": args.cover_px, "root": str(ds.root)},
         "extrapolated_to": f"pixelrec50k catalogue, {PIXELREC50K_ITEMS} items",
@@ -313,6 +321,7 @@ def main() -> None:
         "items": (512, "items of the subset"),
         "cover_px": (256, "cover side in pixels"),
         "configs": (["policy", "default"], "thread configurations"),
+        "precisions": (["auto", "float32"], "the encoders' compute precisions"),
         "busy": ([0, 1], "0: the machine as it is, 1: one more core kept busy"),
         "cache_items": (83_000, "rows of the synthetic cache; 0 skips it"),
     }

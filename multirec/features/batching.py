@@ -96,9 +96,9 @@ def to_device(x: Any, dev: torch.device) -> Any:
     return {k: to_device(v, dev) for k, v in x.items()}
 
 
-def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
-    if dev.type != "cuda":
+def autocast(dtype: torch.dtype, dev: torch.device) -> contextlib.AbstractContextManager:
+    """Matrix products and convolutions in ``dtype`` (the rest stays float32), as the
+    encoder's ``precision`` asks (:meth:`Encoder.compute_dtype`)."""
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(
-        "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    )
+    return torch.autocast(dev.type, dtype=dtype)

@@ -135,7 +135,8 @@ def ensure_cache(
     encoder = instantiate_encoder(encoder_cfg)
     if encoder is None:
         return None
-    identity = encoder.identity()
+    dev = resolve_device(device)
+    identity = encoder.identity(dev)
     encoder_fp = fingerprint(identity)
     final = cache_file(
         Path(cache_dir), encoder.modality, encoder.name, dataset.fingerprint, encoder_fp
@@ -154,7 +155,7 @@ def ensure_cache(
             identity,
             encoder_fp,
             final,
-            resolve_device(device),
+            dev,
             num_workers,
             progress,
             chunk_rows,
@@ -244,7 +245,7 @@ def _build(
 
     pre = encoder.preprocessing()
     net = encoder.network().to(dev)
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
         dim = int(net(to_device(pre.collate([pre.probe]), dev)).shape[-1])
     itemsize = np.dtype(STORAGE_DTYPES[encoder.dtype]).itemsize
     shard_rows = sum(b - a for a, b in mine)
@@ -330,12 +331,13 @@ def _log_start(
         log.info("resuming %s at item %d of %d", partial, start + done_before, stop)
     else:
         log.info(
-            "extracting %s features of %d items with %s (%s) on %s into %s",
+            "extracting %s features of %d items with %s (%s) on %s in %s into %s",
             encoder.modality,
             stop - start,
             encoder.model,
             encoder.source.origin,
             dev,
+            str(encoder.compute_dtype(dev)).removeprefix("torch."),
             partial,
         )
 
@@ -383,7 +385,7 @@ def _log_estimate(
     if not valid:
         return
     batch = channels_last(to_device(pre.collate(valid), dev))
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
         net(batch)  # first call: kernels chosen, weights reordered
         t0 = time.perf_counter()
         net(batch)
@@ -429,7 +431,7 @@ def _encode(
     feats = np.zeros((b - a, writer.f["features"].shape[1]), dtype=np.float32)
     status = np.zeros(b - a, dtype=np.uint8)
     filled = 0
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
         for positions, batch_status, x in loader:
             pos = positions.numpy() - a
             st = batch_status.numpy()

@@ -11,10 +11,14 @@ torch is imported inside the functions: this package is loaded before torch on p
 from __future__ import annotations
 
 import re
+from functools import cache
+from pathlib import Path
 
 from multirec.errors import ConfigError
 
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+# the precision a frozen encoder computes in (encoder.*.precision)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def device_name(device: str) -> str:
@@ -49,3 +53,31 @@ def trainer_precision(device: str) -> str:
     if device_name(device) == "cpu":
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+@cache
+def cpu_multiplies_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): only there
+    does bfloat16 beat float32; elsewhere oneDNN emulates it, more slowly."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", info) is not None
+
+
+def inference_precision(precision: str, device_type: str) -> str:
+    """The dtype a frozen encoder computes in on ``device_type`` (``cpu`` or ``cuda``).
+
+    ``auto`` is the fastest one the hardware does natively: bfloat16 on a GPU or CPU that
+    has it (about twice float32's speed on an AVX512-BF16 CPU, at a cosine of 0.9999 to
+    float32 features, which are stored in float16 anyway), float16 on older GPUs, else
+    float32.
+    """
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_multiplies_bfloat16() else "float32"

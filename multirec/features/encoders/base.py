@@ -25,6 +25,7 @@ from multirec.errors import ConfigError
 from multirec.features import sources
 from multirec.features.cache import EMPTY_TEXT, MISSING, OK, STORAGE_DTYPES, UNDECODABLE
 from multirec.features.encoders.loading import load_errors
+from multirec.runtime.devices import PRECISIONS, inference_precision
 
 # Bump when the extraction code changes what it computes for the same model files.
 EXTRACTION_VERSION = 1
@@ -133,13 +134,24 @@ class Encoder(ABC):
     modality: ClassVar[str]  # "visual" or "text": which config slot and which item input
 
     def __init__(
-        self, model: str, path: str | None, revision: str | None, batch_size: int, dtype: str
+        self,
+        model: str,
+        path: str | None,
+        revision: str | None,
+        batch_size: int,
+        dtype: str,
+        precision: str,
     ) -> None:
         self.model = model
         self.path = None if path in (None, "") else str(path)
         self.revision = revision
         self.batch_size = int(batch_size)
         self.dtype = dtype
+        self.precision = precision
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f"{self.slot}.precision={precision!r} is unknown; valid: {', '.join(PRECISIONS)}"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"{self.slot}.batch_size={batch_size} must be >= 1")
         if dtype not in STORAGE_DTYPES:
@@ -168,8 +180,13 @@ class Encoder(ABC):
         """Settings beyond the model files that change the outputs (pooling, length...)."""
         return {}
 
-    def identity(self) -> dict:
-        """What the features depend on; its fingerprint names the cache file."""
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """What the network computes in on ``device`` (``precision``, ``auto`` resolved)."""
+        return getattr(torch, inference_precision(self.precision, device.type))
+
+    def identity(self, device: torch.device) -> dict:
+        """What the features computed on ``device`` depend on; its fingerprint names the
+        cache file. The precision is resolved, since ``auto`` differs between machines."""
         return {
             "encoder": class_path(type(self)),
             "modality": self.modality,
@@ -178,6 +195,7 @@ class Encoder(ABC):
             "files": sources.model_digests(self.source.root),
             "options": self.options(),
             "dtype": self.dtype,
+            "precision": str(self.compute_dtype(device)).removeprefix("torch."),
             "extraction_version": EXTRACTION_VERSION,
         }
 

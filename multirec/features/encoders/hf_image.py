@@ -65,8 +65,9 @@ class HFImageEncoder(VisualEncoder):
         output: str = "pooler_output",
         batch_size: int = 64,
         dtype: str = "float16",
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model, path, revision, batch_size, dtype)
+        super().__init__(model, path, revision, batch_size, dtype, precision)
         if output not in self.OUTPUTS:
             raise ConfigError(
                 f"{self.slot}.output={output!r} is unknown; valid: {', '.join(self.OUTPUTS)}"

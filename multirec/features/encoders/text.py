@@ -50,8 +50,9 @@ class HFTextEncoder(TextEncoder):
         max_length: int = 256,
         batch_size: int = 64,
         dtype: str = "float16",
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model, path, revision, batch_size, dtype)
+        super().__init__(model, path, revision, batch_size, dtype, precision)
         if pooling not in self.POOLINGS:
             raise ConfigError(
                 f"{self.slot}.pooling={pooling!r} is unknown; valid: {', '.join(self.POOLINGS)}"
@@ -101,8 +102,9 @@ class SentenceTransformerEncoder(TextEncoder):
         max_length: int | None = None,
         batch_size: int = 64,
         dtype: str = "float16",
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model, path, revision, batch_size, dtype)
+        super().__init__(model, path, revision, batch_size, dtype, precision)
         self.max_length = None if max_length is None else int(max_length)
 
     def options(self) -> dict:

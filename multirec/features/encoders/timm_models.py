@@ -32,8 +32,9 @@ class TimmEncoder(VisualEncoder):
         revision: str | None = None,
         batch_size: int = 64,
         dtype: str = "float16",
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model, path, revision, batch_size, dtype)
+        super().__init__(model, path, revision, batch_size, dtype, precision)
 
     def _pretrained_cfg(self) -> Any:
         import timm
@@ -115,8 +116,9 @@ class EfficientNetLite0Encoder(TimmEncoder):
         path: str | None = None,
         batch_size: int = 64,
         dtype: str = "float16",
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model, path, None, batch_size, dtype)
+        super().__init__(model, path, None, batch_size, dtype, precision)
 
     def resolve(self) -> sources.ModelSource:
         if self.path:
