@@ -204,7 +204,9 @@ def test_losses_train(tmp_path, overrides):
     torch.manual_seed(0)
     no_dropout = ["model.dropout=0", "model.id_dropout=0", "fusion.dropout=0"]
     m = model_from(tmp_path, [*overrides, "fusion=concat", *no_dropout])
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    opt = m.configure_optimizers()
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
     values = []
     for _ in range(30):
         opt.zero_grad()

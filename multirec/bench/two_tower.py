@@ -11,7 +11,8 @@ when fewer are given; the item vectors are computed once per evaluation and repo
 apart. Beside it, the same evaluator ranks with a 64-factor dot product (BPR-MF's
 scoring) on the same users, the cost two-tower scoring is meant to match. The epoch is
 timed over ``STEPS`` batches of the real data module after a warm-up and extrapolated to
-the epoch's batch count. Each run is a fresh process, so the peak RSS is its own.
+the epoch's batch count, with the id embeddings' row updates (the default) and, for
+comparison, with dense gradients and AdamW over every row. Each run is a fresh process, so the peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ def random_items(ds: PreparedDataset) -> ItemInputs:
     )
 
 
+def dense_updates(model: Recommender) -> Recommender:
+    """``model`` trained as without row updates, for comparison: dense embedding gradients
+    and fused AdamW over every row at every step."""
+    model.user_emb.sparse = model.item_emb.sparse = False
+    model.configure_optimizers = lambda: torch.optim.AdamW(
+        model.parameters(), lr=model.hparams.lr, fused=True
+    )
+    return model
+
+
 def full_ranking(model: Recommender, ds: PreparedDataset, n_users: int) -> dict:
     """Seconds to rank the whole catalogue for ``n_users`` test users, and extrapolated."""
     everyone = len(np.unique(ds.split("test").users))
@@ -98,13 +109,16 @@ def full_ranking(model: Recommender, ds: PreparedDataset, n_users: int) -> dict:
 def run(n_users: int | None) -> dict:
     policy = apply_thread_policy()
     load_at_start = load()
+    peaks = {"imports": peak_rss_mib()}  # the peak RSS so far, after each phase
     torch.manual_seed(0)
     ds = dataset()
     items = random_items(ds)
+    peaks["data_and_features"] = peak_rss_mib()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", OVERRIDES)
     model = build_model(cfg.model, dataset_sizes(ds, items))
     model.attach(ds, items)
+    peaks["model"] = peak_rss_mib()
     n_users = n_users or ds.n_users
 
     # one epoch of the real data module, timed over STEPS batches after a warm-up
@@ -112,14 +126,20 @@ def run(n_users: int | None) -> dict:
     positives_per_s, _ = fit_steps(model, dm, STEPS)
     step_s = dm.batch_size / positives_per_s
     batches = len(dm.train_dataloader())
+    peaks["training"] = peak_rss_mib()
 
     model.eval()
     t0 = time.perf_counter()
     model.score_all(torch.tensor([0]))  # fills the item-vector cache
     table_s = time.perf_counter() - t0
+    vector_dim = int(model._item_table()[0].shape[1])
+    peaks["item_vectors"] = peak_rss_mib()
     two_tower = full_ranking(model, ds, n_users)
+    peaks["full_ranking"] = peak_rss_mib()
     reference = full_ranking(dot_product(ds), ds, n_users)
-    vec, _, _ = model._item_table()
+    peaks["reference_ranking"] = peak_rss_mib()
+    model.train()  # the comparison below trains the old way, with dense gradients
+    dense_step_s = dm.batch_size / fit_steps(dense_updates(model), dm, STEPS)[0]
     return {
         "overrides": OVERRIDES,
         "threads": {**policy.as_dict(), "torch": torch.get_num_threads()},
@@ -131,14 +151,16 @@ def run(n_users: int | None) -> dict:
         "train_interactions": len(ds.train),
         "batch_size": dm.batch_size,
         "num_negatives": dm.num_negatives,
-        "vector_dim": int(vec.shape[1]),
+        "vector_dim": vector_dim,
         "train_step_s": step_s,
+        "train_step_s_dense_updates": dense_step_s,
         "train_batches_per_epoch": batches,
         "epoch_s_extrapolated": step_s * batches,
         "item_vectors_s": table_s,
         "full_ranking_two_tower": two_tower,
         "full_ranking_dot64_reference": reference,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peaks["reference_ranking"],
+        "peak_rss_mib_after": peaks,
     }
 
 

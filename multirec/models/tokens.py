@@ -57,8 +57,9 @@ class ModalityTokens:
         self.user_modalities: list[str] = []
         self.item_modalities: list[str] = []
         if hp.use_ids:
-            self.user_emb = nn.Embedding(hp.n_users, dim)
-            self.item_emb = nn.Embedding(hp.n_items, dim)
+            # sparse gradients: the optimiser updates only the rows a batch touched (RowAdamW)
+            self.user_emb = nn.Embedding(hp.n_users, dim, sparse=True)
+            self.item_emb = nn.Embedding(hp.n_items, dim, sparse=True)
             # shared vector for items without training interactions (cold start); trained by
             # replacing a random share `id_dropout` of item ids with it
             self.unseen_item = nn.Parameter(torch.zeros(dim))
@@ -221,13 +222,15 @@ class ModalityTokens:
         return torch.from_numpy(np.diff(h.indptr)[users.numpy()].astype(np.float32)).to(self.device)
 
     def _history_sum(self, users: torch.Tensor) -> torch.Tensor:
-        """Sum of the id embeddings of each user's training items (sparse x dense)."""
-        rows = self.history[users.numpy()].tocoo()
-        idx = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
-        mat = torch.sparse_coo_tensor(
-            idx,
-            torch.from_numpy(rows.data),
-            (len(users), self.hparams.n_items),
-            check_invariants=False,
+        """Sum of the id embeddings of each user's training items: an embedding bag, whose
+        gradient, like a lookup's, touches only those items' rows."""
+        rows = self.history[users.numpy()]
+        dev = self.device
+        return nn.functional.embedding_bag(
+            torch.from_numpy(rows.indices.astype(np.int64)).to(dev),
+            self.item_emb.weight,
+            torch.from_numpy(rows.indptr[:-1].astype(np.int64)).to(dev),
+            mode="sum",
+            per_sample_weights=torch.from_numpy(rows.data.astype(np.float32)).to(dev),
+            sparse=self.item_emb.sparse,
         )
-        return torch.sparse.mm(mat.to(self.device), self.item_emb.weight)
