@@ -12,10 +12,14 @@ content bias. An item whose feature could not be encoded (``*_ok`` false) has a 
 feature, so its content term is zero and it is scored by BPR-MF alone; without any
 feature the model *is* BPR-MF (:class:`multirec.baselines.bprmf.BPRMF`'s ``x_ui``).
 
-Training minimises BPR (section 3.3) over the data module's (user, positive, negatives) batches
-with Adam, plus ``reg / 2`` times the squared norms of the batch's per-user and per-item
-parameters (``p_u, theta_u, q_i, b_i``), the ones a few interactions can overfit; ``E`` and
-``beta'`` are shared by every item, fitted on every batch, and not penalised.
+Training minimises BPR (section 3.3) over the data module's (user, positive, negatives)
+batches with Adam, plus ``reg / 2`` times the squared norms of what each triple scores with:
+the user vector ``[p_u, theta_u]``, each item's vector ``[q_i, E f_i]`` and its bias
+``b_i + <beta', f_i>`` -- BPR-MF's penalty on its rows, over VBPR's rows. The content path
+is penalised through what it produces, not left free: with the feature as wide as the
+catalogue (1280 dimensions, a thousand items) ``E f_i`` can fit any item vector and
+``<beta', f_i>`` any bias, so penalising ``q_i`` and ``b_i`` alone moves the whole fit into
+an unpenalised content term and BPR-MF's part shrinks to nothing.
 """
 
 from __future__ import annotations
@@ -123,8 +127,9 @@ class VBPR(FactorRecommender):
         items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + N]
         u = self.user_vectors(users)
         vecs, bias = self.item_vectors(items.flatten())
-        scores = (u.unsqueeze(1) * vecs.view(*items.shape, -1)).sum(-1) + bias.view(items.shape)
-        sq = self.item_emb(items).pow(2).sum(-1) + self.item_bias(items).squeeze(-1).pow(2)
+        vecs, bias = vecs.view(*items.shape, -1), bias.view(items.shape)
+        scores = (u.unsqueeze(1) * vecs).sum(-1) + bias
+        sq = vecs.pow(2).sum(-1) + bias.pow(2)
         l2 = u.pow(2).sum(-1).mean() + sq[:, 0].mean() + sq[:, 1:].mean()
         return self.log_losses(
             {"bpr": bpr(scores[:, 0], scores[:, 1:]), "l2": self.hparams.reg / 2 * l2}, len(users)
