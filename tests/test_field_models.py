@@ -186,12 +186,13 @@ def test_vbpr_content_term_is_zero_for_missing_features(world):
     assert torch.all(diff[~ok] < 1e-5) and torch.all(diff[ok] > 1e-3)
 
 
-def test_vbpr_use_text_concatenates_the_text_feature(world):
+def test_vbpr_use_text_concatenates_the_sides_each_at_unit_length(world):
     ds, items = world
     vbpr = new_model("vbpr", ds, items, use_text=True)
     assert vbpr.feature_dim == items.visual_dim + items.text_dim
     idx = torch.tensor([0, 5, 7])
-    expected = torch.cat([items.visual[idx], items.text[idx]], dim=1).float()
+    sides = (items.visual[idx].float(), items.text[idx].float())
+    expected = torch.cat([x / x.norm(dim=1, keepdim=True) for x in sides], dim=1)
     torch.testing.assert_close(vbpr.features(idx), expected)
 
 

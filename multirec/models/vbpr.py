@@ -6,11 +6,19 @@ the global and user biases cancel out of every BPR difference, so they are left 
     x_ui = b_i + <p_u, q_i> + <theta_u, E f_i> + <beta', f_i>,
 
 with ``f_i`` the item's feature from the feature cache (the visual one; with ``use_text`` the
-text feature concatenated to it), ``E`` a linear projection to ``content_dim`` dimensions,
-``theta_u`` the user's preference over those dimensions and ``beta'`` a per-dimension
-content bias. An item whose feature could not be encoded (``*_ok`` false) has a zero
-feature, so its content term is zero and it is scored by BPR-MF alone; without any
-feature the model *is* BPR-MF (:class:`multirec.baselines.bprmf.BPRMF`'s ``x_ui``).
+text feature concatenated to it), each side scaled to unit length, ``E`` a linear
+projection to ``content_dim`` dimensions, ``theta_u`` the user's preference over those
+dimensions and ``beta'`` a per-dimension content bias. An item whose feature could not be
+encoded (``*_ok`` false) has a zero feature, so its content term is zero and it is scored by
+BPR-MF alone; without any feature the model *is* BPR-MF
+(:class:`multirec.baselines.bprmf.BPRMF`'s ``x_ui``).
+
+Unit length matters because Adam moves every weight of ``E`` and ``beta'`` by about the
+learning rate per step whatever its gradient: a step moves each coordinate of ``E f_i`` and
+``<beta', f_i>`` by up to ``lr`` times the feature's L1 norm (about 225 for the raw
+EfficientNet feature, non-negative with norm 18), where it moves each coordinate of ``q_i``
+by ``lr``, so the content term would jump by whole score units each step. It also keeps the
+two sides of ``use_text`` on one scale.
 
 Training minimises BPR (section 3.3) over the data module's (user, positive, negatives)
 batches with Adam, plus ``reg / 2`` times the squared norms of what each triple scores with:
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multirec.errors import ConfigError, MultirecError
@@ -84,7 +93,8 @@ class VBPR(FactorRecommender):
         super().attach_items(items, train_matrix)
 
     def features(self, items: torch.Tensor) -> torch.Tensor:
-        """``f_i`` for item indices ``[n]``: ``[n, feature_dim]`` float32, zero where missing."""
+        """``f_i`` for item indices ``[n]``: ``[n, feature_dim]`` float32, each side unit length,
+        zero where missing."""
         if self.items is None:
             raise MultirecError(
                 f"{self.name}: call attach(dataset, items) before scoring or fitting"
@@ -92,7 +102,8 @@ class VBPR(FactorRecommender):
         idx = items.cpu()
         sides = ["visual", "text"] if self.hparams.use_text else ["visual"]
         parts = [
-            getattr(self.items, s)[idx].float() * getattr(self.items, f"{s}_ok")[idx].unsqueeze(1)
+            F.normalize(getattr(self.items, s)[idx].float(), dim=1)
+            * getattr(self.items, f"{s}_ok")[idx].unsqueeze(1)
             for s in sides
             if getattr(self.items, s) is not None
         ]
