@@ -23,11 +23,12 @@ two sides of ``use_text`` on one scale.
 Training minimises BPR (section 3.3) over the data module's (user, positive, negatives)
 batches with Adam, plus ``reg / 2`` times the squared norms of what each triple scores with:
 the user vector ``[p_u, theta_u]``, each item's vector ``[q_i, E f_i]`` and its bias
-``b_i + <beta', f_i>`` -- BPR-MF's penalty on its rows, over VBPR's rows. The content path
-is penalised through what it produces, not left free: with the feature as wide as the
-catalogue (1280 dimensions, a thousand items) ``E f_i`` can fit any item vector and
-``<beta', f_i>`` any bias, so penalising ``q_i`` and ``b_i`` alone moves the whole fit into
-an unpenalised content term and BPR-MF's part shrinks to nothing.
+``b_i + <beta', f_i>``: BPR-MF's penalty, with VBPR's vectors in place of BPR-MF's rows.
+The shared ``E`` and ``beta'`` are penalised through what they produce for the batch's
+items: with the feature as wide as the catalogue (1280 dimensions, a thousand items)
+``E f_i`` can fit any item vector and ``<beta', f_i>`` any bias, so a penalty on ``q_i`` and
+``b_i`` alone moves the whole fit into the unpenalised content term and BPR-MF's part
+shrinks to nothing.
 """
 
 from __future__ import annotations
