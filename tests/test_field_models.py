@@ -147,6 +147,33 @@ def test_vbpr_without_content_scores_like_bprmf(world):
     torch.testing.assert_close(vbpr.score(users, cands), bpr.score(users, cands))
 
 
+def test_vbpr_with_uninformative_content_learns_as_well_as_without(world):
+    """Random features as wide as the catalogue, at the scale of CNN features (non-negative,
+    norm ~20): ``E f_i`` can then fit any item vector and ``<beta', f_i>`` any bias, so a
+    penalty that misses the content term moves the fit there and the BPR-MF part shrinks to
+    nothing. VBPR must keep what it learns without content: with the feature that wide, its
+    content term is a second set of item factors, so the two differ by a few per cent either
+    way (a penalty that misses it costs half)."""
+    ds, _ = world
+    rng = np.random.default_rng(0)
+    noise = np.abs(rng.normal(size=(ds.n_items, 2 * ds.n_items))).astype(np.float32)
+    plain = (ds.tag_index(), ds.numeric_features(), ds.seen_items())
+    random_content = ItemInputs.build(*plain, (noise, np.ones(ds.n_items, dtype=bool)))
+    ndcg = []
+    for inputs in (random_content, ItemInputs.build(*plain)):
+        model = new_model("vbpr", ds, inputs, lr=0.01, reg=0.1)
+        L.Trainer(
+            max_epochs=8,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(model, datamodule=RecDataModule(ds, batch_size=256, num_negatives=4, seed=0))
+        ndcg.append(evaluate(model, ds, FullProtocol(), "test").metrics["test/full/ndcg@10"])
+    print(f"VBPR full ndcg@10, random content {ndcg[0]:.4f}, none {ndcg[1]:.4f}")
+    assert ndcg[0] > 0.9 * ndcg[1], ndcg
+
+
 def test_vbpr_content_term_is_zero_for_missing_features(world):
     ds, items = world
     ok = items.visual_ok.clone()
@@ -159,12 +186,13 @@ def test_vbpr_content_term_is_zero_for_missing_features(world):
     assert torch.all(diff[~ok] < 1e-5) and torch.all(diff[ok] > 1e-3)
 
 
-def test_vbpr_use_text_concatenates_the_text_feature(world):
+def test_vbpr_use_text_concatenates_the_sides_each_at_unit_length(world):
     ds, items = world
     vbpr = new_model("vbpr", ds, items, use_text=True)
     assert vbpr.feature_dim == items.visual_dim + items.text_dim
     idx = torch.tensor([0, 5, 7])
-    expected = torch.cat([items.visual[idx], items.text[idx]], dim=1).float()
+    sides = (items.visual[idx].float(), items.text[idx].float())
+    expected = torch.cat([x / x.norm(dim=1, keepdim=True) for x in sides], dim=1)
     torch.testing.assert_close(vbpr.features(idx), expected)
 
 

@@ -6,22 +6,36 @@ the global and user biases cancel out of every BPR difference, so they are left 
     x_ui = b_i + <p_u, q_i> + <theta_u, E f_i> + <beta', f_i>,
 
 with ``f_i`` the item's feature from the feature cache (the visual one; with ``use_text`` the
-text feature concatenated to it), ``E`` a linear projection to ``content_dim`` dimensions,
-``theta_u`` the user's preference over those dimensions and ``beta'`` a per-dimension
-content bias. An item whose feature could not be encoded (``*_ok`` false) has a zero
-feature, so its content term is zero and it is scored by BPR-MF alone; without any
-feature the model *is* BPR-MF (:class:`multirec.baselines.bprmf.BPRMF`'s ``x_ui``).
+text feature concatenated to it), each side scaled to unit length, ``E`` a linear
+projection to ``content_dim`` dimensions, ``theta_u`` the user's preference over those
+dimensions and ``beta'`` a per-dimension content bias. An item whose feature could not be
+encoded (``*_ok`` false) has a zero feature, so its content term is zero and it is scored by
+BPR-MF alone; without any feature the model *is* BPR-MF
+(:class:`multirec.baselines.bprmf.BPRMF`'s ``x_ui``).
 
-Training minimises BPR (section 3.3) over the data module's (user, positive, negatives) batches
-with Adam, plus ``reg / 2`` times the squared norms of the batch's per-user and per-item
-parameters (``p_u, theta_u, q_i, b_i``), the ones a few interactions can overfit; ``E`` and
-``beta'`` are shared by every item, fitted on every batch, and not penalised.
+Unit length matters because Adam moves every weight of ``E`` and ``beta'`` by about the
+learning rate per step whatever its gradient: a step moves each coordinate of ``E f_i`` and
+``<beta', f_i>`` by up to ``lr`` times the feature's L1 norm (about 225 for the raw
+EfficientNet feature, non-negative with norm 18), where it moves each coordinate of ``q_i``
+by ``lr``, so the content term would jump by whole score units each step. It also keeps the
+two sides of ``use_text`` on one scale.
+
+Training minimises BPR (section 3.3) over the data module's (user, positive, negatives)
+batches with Adam, plus ``reg / 2`` times the squared norms of what each triple scores with:
+the user vector ``[p_u, theta_u]``, each item's vector ``[q_i, E f_i]`` and its bias
+``b_i + <beta', f_i>``: BPR-MF's penalty, with VBPR's vectors in place of BPR-MF's rows.
+The shared ``E`` and ``beta'`` are penalised through what they produce for the batch's
+items: with the feature as wide as the catalogue (1280 dimensions, a thousand items)
+``E f_i`` can fit any item vector and ``<beta', f_i>`` any bias, so a penalty on ``q_i`` and
+``b_i`` alone moves the whole fit into the unpenalised content term and BPR-MF's part
+shrinks to nothing.
 """
 
 from __future__ import annotations
 
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multirec.errors import ConfigError, MultirecError
@@ -80,7 +94,8 @@ class VBPR(FactorRecommender):
         super().attach_items(items, train_matrix)
 
     def features(self, items: torch.Tensor) -> torch.Tensor:
-        """``f_i`` for item indices ``[n]``: ``[n, feature_dim]`` float32, zero where missing."""
+        """``f_i`` for item indices ``[n]``: ``[n, feature_dim]`` float32, each side unit length,
+        zero where missing."""
         if self.items is None:
             raise MultirecError(
                 f"{self.name}: call attach(dataset, items) before scoring or fitting"
@@ -88,7 +103,8 @@ class VBPR(FactorRecommender):
         idx = items.cpu()
         sides = ["visual", "text"] if self.hparams.use_text else ["visual"]
         parts = [
-            getattr(self.items, s)[idx].float() * getattr(self.items, f"{s}_ok")[idx].unsqueeze(1)
+            F.normalize(getattr(self.items, s)[idx].float(), dim=1)
+            * getattr(self.items, f"{s}_ok")[idx].unsqueeze(1)
             for s in sides
             if getattr(self.items, s) is not None
         ]
@@ -123,8 +139,9 @@ class VBPR(FactorRecommender):
         items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + N]
         u = self.user_vectors(users)
         vecs, bias = self.item_vectors(items.flatten())
-        scores = (u.unsqueeze(1) * vecs.view(*items.shape, -1)).sum(-1) + bias.view(items.shape)
-        sq = self.item_emb(items).pow(2).sum(-1) + self.item_bias(items).squeeze(-1).pow(2)
+        vecs, bias = vecs.view(*items.shape, -1), bias.view(items.shape)
+        scores = (u.unsqueeze(1) * vecs).sum(-1) + bias
+        sq = vecs.pow(2).sum(-1) + bias.pow(2)
         l2 = u.pow(2).sum(-1).mean() + sq[:, 0].mean() + sq[:, 1:].mean()
         return self.log_losses(
             {"bpr": bpr(scores[:, 0], scores[:, 1:]), "l2": self.hparams.reg / 2 * l2}, len(users)
