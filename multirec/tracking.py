@@ -34,6 +34,7 @@ INFRA_OVERRIDE = re.compile(
 )
 TAGGED_GROUPS = ("model", "data", "encoder/visual", "encoder/text", "fusion", "loss", "trainer")
 MAX_NAME = 120  # characters of a folder name built from overrides (file names stop at 255)
+MAX_ARTIFACT = 128  # W&B refuses longer artifact names (a prefix plus a sweep job's folder)
 
 
 def choices() -> dict[str, str]:
@@ -141,7 +142,8 @@ def log_files(loggers: Sequence[Any], name: str, kind: str, files: Sequence[Path
     for lg in _wandb_loggers(loggers) if existing else []:
         import wandb
 
-        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]", "-", name), type=kind)
+        safe = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:MAX_ARTIFACT]
+        artifact = wandb.Artifact(safe, type=kind)
         for f in existing:
             artifact.add_file(str(f))
         lg.experiment.log_artifact(artifact)

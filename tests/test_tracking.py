@@ -10,10 +10,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from wandb.proto import wandb_internal_pb2 as pb
 
+from multirec import tracking
 from multirec.tracking import describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,3 +143,18 @@ def test_names_come_from_the_composed_encoders_not_the_pair_chosen():
     ]
     assert describe({**composed, "model": "vbpr", "fusion": "gated"}) == ["vbpr", "effnet+none"]
     assert describe({"logger": "wandb", "protocol": "sampled"}) == []  # a job training nothing
+
+
+def test_a_long_run_folder_still_names_a_valid_artifact(tmp_path, monkeypatch):
+    """A sweep job's folder (``N_`` plus a bounded name) behind the ``results-`` prefix passes
+    W&B's 128-character limit on artifact names, which would fail the run at its very end."""
+    result = tmp_path / "metrics.json"
+    result.write_text("{}")
+    logged = []
+    run = SimpleNamespace(log_artifact=logged.append)
+    monkeypatch.setattr(
+        tracking, "_wandb_loggers", lambda loggers: [SimpleNamespace(experiment=run)]
+    )
+    name = f"results-12_{'x' * (tracking.MAX_NAME - 1)}~"
+    tracking.log_files([], name, "results", [result])
+    assert logged and len(logged[0].name) <= 128
