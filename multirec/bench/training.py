@@ -14,7 +14,9 @@ and Lightning for ``steps`` steps after a warm-up. Reported per run:
   own pre-fit estimate (:mod:`multirec.pipeline.estimates`) predicted for both;
 * peak RSS of the process after each stage (imports, model, training, validation);
 * what the pre-fit check says of a full-ranking test of every test user (first run);
-* the optimiser step alone on the model's parameters: for-loop vs fused AdamW.
+* the optimiser step alone on the model's parameters: for-loop vs fused AdamW; and the id
+  tables' update, RowAdamW on a batch's touched rows against fused AdamW over every row, at
+  the model's table size and ten times it.
 
 Each thread configuration (``configs``) runs in a fresh process, since OpenMP reads its
 settings at start-up: ``policy`` is multirec's thread policy, ``default`` torch's defaults
@@ -182,6 +184,33 @@ def optimiser_steps(model: NeuralRecommender) -> dict:
     out["embedding_parameters"] = sum(
         m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
     )
+    rows = sum(m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    out["row_updates_ms"] = {f"{k}x_rows": row_updates(rows * k) for k in (1, 10)}
+    return out
+
+
+def row_updates(rows: int, dim: int = 64, touched: int = 8000) -> dict:
+    """Median ms of one update of a ``rows`` x ``dim`` embedding table of which a batch touched
+    ``touched`` rows: RowAdamW on its sparse gradient against fused AdamW over every row."""
+    from multirec.models.optim import RowAdamW
+
+    out = {}
+    idx = torch.randint(0, rows, (touched,))
+    for name, sparse in (("row_adamw", True), ("fused_adamw_dense", False)):
+        emb = torch.nn.Embedding(rows, dim, sparse=sparse)
+        opt = (
+            RowAdamW([{"params": emb.parameters(), "rows": True}], lr=1e-3, fused=True)
+            if sparse
+            else torch.optim.AdamW(emb.parameters(), lr=1e-3, fused=True)
+        )
+        times = []
+        for _ in range(11):
+            opt.zero_grad()
+            emb(idx).sum().backward()
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        out[name] = sorted(times)[5] * 1000
     return out
 
 
