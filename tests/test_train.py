@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import open_dict
 
 from multirec.errors import ArtefactMismatchError
@@ -42,6 +43,25 @@ def test_resume_with_another_configuration_is_refused(tiny_trained):
         cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "resume-bad")
     with pytest.raises(ArtefactMismatchError, match="fusion"):
         train(cfg)
+
+
+def test_resume_from_another_optimiser_layout_is_refused_in_one_line(tiny_trained, tmp_path):
+    """A checkpoint from a version whose optimiser grouped the parameters otherwise (before
+    the row-wise updates: one group a weight decay) cannot be restored into this one."""
+    root, info = tiny_trained
+    ckpt = torch.load(Path(info["ckpt"]).parent / "last.ckpt", weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    merged = {**groups[0], "params": [i for g in groups for i in g["params"]]}
+    ckpt["optimizer_states"][0]["param_groups"] = [merged]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    cfg = compose_cfg("train", ["data=tiny", "logger=none", "seed=1"], root)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(old)
+        cfg.paths.output_dir = str(root / "outputs" / "runs" / "tiny" / "resume-old")
+    with pytest.raises(ArtefactMismatchError, match="groups the parameters as") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
 
 
 def test_clip_sbert_from_a_local_tiny_clip(tmp_path):

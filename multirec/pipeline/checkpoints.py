@@ -231,3 +231,21 @@ def check_resume(ckpt_path: str | Path, model: NeuralRecommender) -> None:
         raise ArtefactMismatchError(
             f"cannot resume from {ckpt_path}: configuration differs ({'; '.join(diff)})"
         )
+    optimiser = model.configure_optimizers()
+    if not isinstance(optimiser, torch.optim.Optimizer):
+        return  # Lightning's other forms (lists, schedulers): left to Lightning to restore
+    saved_groups = _group_sizes(ckpt.get("optimizer_states") or [])
+    now_groups = _group_sizes([optimiser.state_dict()])
+    if saved_groups and saved_groups != now_groups:
+        raise ArtefactMismatchError(
+            f"cannot resume from {ckpt_path}: its optimiser state groups the parameters as "
+            f"{saved_groups}, this version of multirec as {now_groups} (the checkpoint was "
+            "written by another version); resume with that version, or start a new run"
+        )
+
+
+def _group_sizes(optimizer_states: list[dict[str, Any]]) -> list[int]:
+    """Parameters per group of the first optimiser's state (empty: no state saved)."""
+    if not optimizer_states:
+        return []
+    return [len(g["params"]) for g in optimizer_states[0].get("param_groups", [])]
