@@ -153,13 +153,11 @@ def extract_once(spec: dict) -> dict:
     ds = PreparedDataset.load(spec["dataset"])
     enc = OmegaConf.create(spec["encoder"])
     out = {"threads": {**policy.as_dict(), "openmp_wait": os.environ.get("OMP_WAIT_POLICY")}}
-    for side in ("visual", "text"):
-        enc[side].precision = spec["precision"]
     logger = logging.getLogger("multirec.features.extraction")
     logger.setLevel(logging.INFO)
     for side in ("visual", "text"):
-        dtype = str(instantiate_encoder(enc[side]).compute_dtype(torch.device("cpu")))
-        dtype = dtype.removeprefix("torch.")
+        enc[side].precision = spec["precision"]
+        dtype = instantiate_encoder(enc[side]).compute_precision(torch.device("cpu"))
         phases = _Phases()
         logger.addHandler(phases)
         with busy_core(spec["busy"]):

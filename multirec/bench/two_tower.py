@@ -12,7 +12,8 @@ apart. Beside it, the same evaluator ranks with a 64-factor dot product (BPR-MF'
 scoring) on the same users, the cost two-tower scoring is meant to match. The epoch is
 timed over ``STEPS`` batches of the real data module after a warm-up and extrapolated to
 the epoch's batch count, with the id embeddings' row updates (the default) and, for
-comparison, with dense gradients and AdamW over every row. Each run is a fresh process, so the peak RSS is its own.
+comparison, with dense gradients and AdamW over every row. Each run is a fresh process, so
+the peak RSS is its own.
 """
 
 from __future__ import annotations

@@ -96,9 +96,9 @@ def to_device(x: Any, dev: torch.device) -> Any:
     return {k: to_device(v, dev) for k, v in x.items()}
 
 
-def autocast(dtype: torch.dtype, dev: torch.device) -> contextlib.AbstractContextManager:
-    """Matrix products and convolutions in ``dtype`` (the rest stays float32), as the
-    encoder's ``precision`` asks (:meth:`Encoder.compute_dtype`)."""
-    if dtype == torch.float32:
+def autocast(precision: str, dev: torch.device) -> contextlib.AbstractContextManager:
+    """Matrix products and convolutions in ``precision`` (the rest stays float32), as the
+    encoder's setting resolves (:meth:`Encoder.compute_precision`)."""
+    if precision == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(dev.type, dtype=dtype)
+    return torch.autocast(dev.type, dtype=getattr(torch, precision))

@@ -245,7 +245,7 @@ def _build(
 
     pre = encoder.preprocessing()
     net = encoder.network().to(dev)
-    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
+    with torch.inference_mode(), autocast(encoder.compute_precision(dev), dev):
         dim = int(net(to_device(pre.collate([pre.probe]), dev)).shape[-1])
     itemsize = np.dtype(STORAGE_DTYPES[encoder.dtype]).itemsize
     shard_rows = sum(b - a for a, b in mine)
@@ -337,7 +337,7 @@ def _log_start(
             encoder.model,
             encoder.source.origin,
             dev,
-            str(encoder.compute_dtype(dev)).removeprefix("torch."),
+            encoder.compute_precision(dev),
             partial,
         )
 
@@ -385,7 +385,7 @@ def _log_estimate(
     if not valid:
         return
     batch = channels_last(to_device(pre.collate(valid), dev))
-    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
+    with torch.inference_mode(), autocast(encoder.compute_precision(dev), dev):
         net(batch)  # first call: kernels chosen, weights reordered
         t0 = time.perf_counter()
         net(batch)
@@ -431,7 +431,7 @@ def _encode(
     feats = np.zeros((b - a, writer.f["features"].shape[1]), dtype=np.float32)
     status = np.zeros(b - a, dtype=np.uint8)
     filled = 0
-    with torch.inference_mode(), autocast(encoder.compute_dtype(dev), dev):
+    with torch.inference_mode(), autocast(encoder.compute_precision(dev), dev):
         for positions, batch_status, x in loader:
             pos = positions.numpy() - a
             st = batch_status.numpy()

@@ -180,9 +180,9 @@ class Encoder(ABC):
         """Settings beyond the model files that change the outputs (pooling, length...)."""
         return {}
 
-    def compute_dtype(self, device: torch.device) -> torch.dtype:
-        """What the network computes in on ``device`` (``precision``, ``auto`` resolved)."""
-        return getattr(torch, inference_precision(self.precision, device.type))
+    def compute_precision(self, device: torch.device) -> str:
+        """The dtype the network computes in on ``device`` (``precision``, ``auto`` resolved)."""
+        return inference_precision(self.precision, device.type)
 
     def identity(self, device: torch.device) -> dict:
         """What the features computed on ``device`` depend on; its fingerprint names the
@@ -195,7 +195,7 @@ class Encoder(ABC):
             "files": sources.model_digests(self.source.root),
             "options": self.options(),
             "dtype": self.dtype,
-            "precision": str(self.compute_dtype(device)).removeprefix("torch."),
+            "precision": self.compute_precision(device),
             "extraction_version": EXTRACTION_VERSION,
         }
 
