@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Extra Hydra overrides for the main job, e.g. make train ARGS="fusion=gated"
 ARGS    ?=
 # The benchmarks make bench runs, each with its own key=value settings (python -m multirec.bench.X --help)
-BENCH   ?= data features evaluation training two_tower models
+BENCH   ?= data features evaluation training two_tower models ceiling
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train test lint sample-data bench baselines tune sweep ablation fusion table recommend clean

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from multirec.bench.common import bench_settings
@@ -80,3 +81,43 @@ def test_models_bench_measures_a_bounded_fit_and_ranks_every_test_user(tiny_prep
     assert bpr["fit"]["per_epoch_s"] == pytest.approx(bpr["fit"]["measured_s"] / 2)
     same = {"fit_compares": "per_epoch_s", "fit": 1.0, "full_ranking_s": 1.0, "peak_rss": 1.0}
     assert ratios(bpr, bpr) == same
+
+
+def test_ceiling_oracles_rank_the_tiny_sample_above_popularity(tiny_prepared):
+    """The generator's own ranking (true tastes) and the topic oracle (true topics, tastes
+    from training) beat MostPopular on the same test lists; the oracles are refused on a
+    folder the generator did not write."""
+    from multirec.baselines.simple import MostPopular
+    from multirec.bench.ceiling import TopicOracle, latent
+    from multirec.eval.evaluator import evaluate
+    from multirec.eval.protocols import FullProtocol
+
+    topic, taste = latent(tiny_prepared)
+    assert topic.shape == (tiny_prepared.n_items,) and np.allclose(taste.sum(1), 1.0)
+
+    def ndcg(model) -> float:
+        result = evaluate(model.fit(tiny_prepared), tiny_prepared, FullProtocol(), "test")
+        return result.metrics["test/full/ndcg@10"]
+
+    pop = ndcg(MostPopular())
+    assert ndcg(TopicOracle(topic, taste)) > pop + 0.05
+    assert ndcg(TopicOracle(topic, smoothing=0.1)) > pop + 0.05
+    scrambled = np.random.default_rng(0).permutation(topic)
+    assert ndcg(TopicOracle(scrambled, smoothing=0.1)) < ndcg(TopicOracle(topic, smoothing=0.1))
+
+
+def test_ceiling_refuses_a_dataset_not_from_the_generator(tiny_prepared, tmp_path):
+    import json
+    import shutil
+
+    from multirec.bench.ceiling import latent
+    from multirec.data.dataset import PreparedDataset
+    from multirec.errors import ConfigError
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared.root, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["inputs"]["root"] = str(tmp_path / "own-data")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="_sample.json"):
+        latent(PreparedDataset.load(copy))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from multirec.data.kcore import kcore_mask
 from multirec.data.pixelrec import COUNT_COLUMNS
-from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, rendering
+from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, read_world, rendering
 from multirec.errors import ConfigError, MultirecError
 from tests.conftest import compose_cfg
 
@@ -121,6 +121,28 @@ def test_users_prefer_few_topics(tables):
     same = ((counts * (counts - 1)).sum(1) / (n * (n - 1))).mean()
     chance = ((np.bincount(topic) / len(topic)) ** 2).sum()
     assert same > 1.6 * chance
+
+
+def test_read_world_gives_the_written_topics_and_the_tastes_interactions_follow(tiny, tables):
+    inter, _, topics = tables
+    world = read_world(tiny)
+    written = dict(zip(topics["item_id"].cast(pl.String), topics["topic"], strict=True))
+    assert [written[i] for i in world.item_ids] == world.item_topic.tolist()
+    taste = world.user_topic_weights
+    assert np.allclose(taste.sum(1), 1.0) and (taste >= 0).all()
+    assert ((taste > 0).sum(1) <= 3).mean() > 0.9  # a few preferred topics each
+    # interactions fall in a topic the user weighs far more often than topic shares explain
+    row = {u: k for k, u in enumerate(world.user_ids)}
+    users = np.array([row[u] for u in inter["user_id"].cast(pl.String)])
+    in_taste = (taste[users, inter["topic"].to_numpy()] > 0).mean()
+    chance = ((taste > 0).sum(1) / taste.shape[1]).mean()
+    assert in_taste > 0.8 and in_taste > chance + 0.25, (in_taste, chance)
+
+
+def test_read_world_refuses_a_folder_the_generator_did_not_write(tmp_path):
+    with pytest.raises(ConfigError, match="_sample.json") as err:
+        read_world(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_text_follows_item_topic(tables):

@@ -24,7 +24,9 @@ is generated from latent topics:
   validation path. ``broken_share=0`` gives a clean dataset.
 
 :mod:`.world` draws all of it; :mod:`.tables` and :mod:`.rendering` write it out, and
-:func:`generate_sample` ties them together.
+:func:`generate_sample` ties them together; :func:`read_world` draws a written sample's world
+again (its users' tastes are written nowhere), for measuring how close models come to the
+ranking the generator itself would make (``multirec.bench.ceiling``).
 
 Output directory (PixelRec's layout, see ``docs/own-data.md``)::
 
@@ -43,7 +45,7 @@ from ``(seed, stream id)`` and each cover from ``(seed, stream id, item index)``
 """
 
 from multirec.data.synthetic.defects import COVER_DEFECTS
-from multirec.data.synthetic.generate import generate_sample
+from multirec.data.synthetic.generate import generate_sample, read_world
 from multirec.data.synthetic.presets import PRESETS, SamplePreset
 
-__all__ = ["COVER_DEFECTS", "PRESETS", "SamplePreset", "generate_sample"]
+__all__ = ["COVER_DEFECTS", "PRESETS", "SamplePreset", "generate_sample", "read_world"]

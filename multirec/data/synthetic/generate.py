@@ -77,6 +77,32 @@ def generate_sample(
     return out
 
 
+def read_world(root: Path) -> World:
+    """The latent world the sample in ``root`` was drawn from (its topics and users' tastes,
+    which no model sees), drawn again from the settings its ``_sample.json`` records.
+
+    Refused with a one-line error for a folder multirec's generator did not write.
+    """
+    path = Path(root) / "_sample.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: no readable sample settings ({type(exc).__name__}); only a sample multirec "
+            "generated (python -m multirec.sample) has a latent world to read"
+        ) from None
+    if meta.get("generator") != GENERATOR or meta.get("version") != GENERATOR_VERSION:
+        raise ConfigError(
+            f"{path}: written by {meta.get('generator')!r} version {meta.get('version')!r}, not "
+            f"{GENERATOR!r} version {GENERATOR_VERSION}; generate the sample again"
+        )
+    if meta.get("size") not in PRESETS:
+        raise ConfigError(f"{path}: unknown sample size {meta.get('size')!r}")
+    return build_world(
+        PRESETS[meta["size"]], meta["seed"], meta["misleading_share"], meta["broken_share"]
+    )
+
+
 def _share(key: str, value: float | None, default: float) -> float:
     """``value`` as a share in [0, 1] (``None``: the preset's ``default``)."""
     if value is None:

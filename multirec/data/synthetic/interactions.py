@@ -25,13 +25,15 @@ def match(
     item_topic: np.ndarray,
     item_degree: np.ndarray,
     user_degree: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair user and item "stubs" so both degree sequences hold exactly.
 
     Each user stub is labelled with one of the user's preferred topics (or as noise); stubs
     of topic t are matched at random with item stubs of topic t, the leftover item stubs
     with the noise stubs -- so noise lands on items in proportion to their popularity.
-    Returns (user index, item index) per interaction.
+    Returns (user index, item index) per interaction and each user's weight on each topic
+    among their in-topic interactions (``[n_users, n_topics]``, rows summing to 1): the
+    taste the interactions are drawn from, which no model sees.
     """
     n_topics = preset.n_topics
     total = int(user_degree.sum())
@@ -48,7 +50,16 @@ def match(
     n_in = int(in_topic.sum())
     items = np.concatenate([item_stub[matched], rng.permutation(item_stub[~matched])])
     group = np.concatenate([stub_item_topic[matched], np.full(total - n_in, n_topics)])
-    return users_sorted, _remove_duplicates(rng, users_sorted, items, group, preset.n_items)
+    items = _remove_duplicates(rng, users_sorted, items, group, preset.n_items)
+    return users_sorted, items, _topic_weights(pref, pref_cum, n_topics)
+
+
+def _topic_weights(pref: np.ndarray, pref_cum: np.ndarray, n_topics: int) -> np.ndarray:
+    """``[n_users, n_topics]``: the weight ``pref_cum`` gives each of a user's topics."""
+    weights = np.zeros((len(pref), n_topics))
+    step = np.diff(pref_cum, axis=1, prepend=0.0)
+    np.add.at(weights, (np.arange(len(pref))[:, None], pref), step)
+    return weights
 
 
 def _preferred_topics(

@@ -28,6 +28,7 @@ class World:
     item_ids: np.ndarray  # str
     user_ids: np.ndarray  # str
     item_topic: np.ndarray
+    user_topic_weights: np.ndarray  # [n_users, n_topics]: the taste interactions are drawn from
     cover_topic: np.ndarray
     cover_defect: np.ndarray  # str, "" when the cover is fine
     cover_png: np.ndarray  # bool
@@ -49,7 +50,7 @@ def build_world(preset: SamplePreset, seed: int, misleading: float, broken: floa
     item_topic, rank = item_topics(streams.stream(seed, streams.ITEM_TOPICS), n_items, n_topics)
     item_degree = item_degrees(streams.stream(seed, streams.ITEM_DEGREES), preset, item_topic, rank)
     user_degree = user_degrees(streams.stream(seed, streams.USER_DEGREES), preset)
-    users, items = match(
+    users, items, taste = match(
         streams.stream(seed, streams.MATCHING), preset, item_topic, item_degree, user_degree
     )
     users, items, times = timestamps(
@@ -67,6 +68,7 @@ def build_world(preset: SamplePreset, seed: int, misleading: float, broken: floa
         item_ids=item_ids,
         user_ids=user_ids,
         item_topic=item_topic,
+        user_topic_weights=taste,
         cover_topic=cover_topic,
         cover_defect=cover_defect,
         cover_png=cover_png,
