@@ -42,6 +42,7 @@ SETTINGS = {
     "scoring": "pairwise",
     "use_tags": False,
     "use_numeric": False,
+    "prototypes": 0,
     "dim": 32,
     "projection_hidden": 64,
     "head_hidden": 64,

@@ -20,8 +20,10 @@ from multirec.reporting.inspect import without
 from tests.conftest import compose_cfg
 
 N_USERS, N_ITEMS, N_TAGS, DV, DT = 7, 11, 3, 12, 8
-PAIRWISE = ["model.scoring=pairwise", "loss=bce"]
-TWO_TOWER = ["model.scoring=two_tower", "loss=softmax"]
+# every modality on, so that each test sees tags and counts too
+ALL = ["model.use_tags=true", "model.use_numeric=true"]
+PAIRWISE = ["model.scoring=pairwise", "loss=bce", *ALL]
+TWO_TOWER = ["model.scoring=two_tower", "loss=softmax", *ALL]
 
 
 def items(visual: bool = True, text: bool = True) -> ItemInputs:
@@ -74,7 +76,7 @@ def test_configured_fusion_is_the_one_that_runs(tmp_path, name, cls):
     users = torch.tensor([0, 1, 2])
     out = m(users, torch.tensor([[0, 1, 2, 3]] * 3))
     assert out.shape == (3, 4) and torch.isfinite(out).all()
-    assert calls == [torch.Size([12, len(m.modalities), 64])]
+    assert calls == [torch.Size([12, len(m.modalities), m.hparams.dim])]
     # full-catalogue scoring (item tokens shared across users) agrees with per-list scoring
     full = m.score_all(users)
     lists = m.score(users, torch.arange(N_ITEMS).expand(3, -1))
@@ -95,8 +97,8 @@ def test_two_tower_fuses_each_side_once(tmp_path, name, cls):
     full = m.score_all(users)
     lists = m.score(users, torch.tensor([[0, 1, 2, 3]] * 3))
     # the item tower ran once over the catalogue, the user tower once per call
-    assert calls["item"] == [torch.Size([N_ITEMS, len(m.item_modalities), 64])]
-    assert calls["user"] == [torch.Size([3, len(m.user_modalities), 64])] * 2
+    assert calls["item"] == [torch.Size([N_ITEMS, len(m.item_modalities), m.hparams.dim])]
+    assert calls["user"] == [torch.Size([3, len(m.user_modalities), m.hparams.dim])] * 2
     assert torch.allclose(full[:, :4], lists, atol=1e-5)
     assert torch.allclose(full, m.score(users, torch.arange(N_ITEMS).expand(3, -1)), atol=1e-5)
 
@@ -142,15 +144,18 @@ def test_switched_off_modalities_have_no_parameters(tmp_path):
     assert paper.modalities == ["user", "item", "visual", "text", "tag", "numeric"]
     with pytest.raises(MultirecError, match="no user-side token"):
         model_from(tmp_path, ["model.use_ids=false", "model.user_profile=false"])
-    towers = model_from(tmp_path, [*TWO_TOWER, "model.use_ids=false"])
+    towers = model_from(tmp_path, [*TWO_TOWER, "model.use_ids=false", "model.item_bias=false"])
     assert not any(
         n.startswith(("user_emb", "item_emb", "item_bias")) for n, _ in towers.named_parameters()
     )
     assert torch.isfinite(towers.score_all(torch.tensor([0, 1]))).all()
+    # popularity without id embeddings: the content-only model keeps its item bias
+    popular = dict(model_from(tmp_path, [*TWO_TOWER, "model.use_ids=false"]).named_parameters())
+    assert "item_bias" in popular and not any(n.startswith("item_emb") for n in popular)
 
 
 def test_user_profiles_are_mean_features_of_valid_training_items(tmp_path):
-    m = model_from(tmp_path, PAIRWISE)
+    m = model_from(tmp_path, [*PAIRWISE, "model.prototypes=0"])
     feats = m.items.visual.float()
     # user 0 trained on item 0 only, whose features are invalid: zero profile
     assert torch.allclose(m.profiles["visual"][0].float(), torch.zeros(DV))
@@ -320,7 +325,16 @@ def test_the_models_own_fused_optimiser_never_leaves_stale_item_vectors(tmp_path
 
 
 def test_contrastive_alignment_reaches_the_scoring_projections(tmp_path):
-    m = model_from(tmp_path, [*PAIRWISE, "loss=bce_contrastive", "loss.alpha=1.0", "fusion=concat"])
+    m = model_from(
+        tmp_path,
+        [
+            *PAIRWISE,
+            "loss=bce_contrastive",
+            "loss.alpha=1.0",
+            "fusion=concat",
+            "model.prototypes=0",
+        ],
+    )
     m.training_step(_batch(), 0).backward()
     assert (
         m.visual_proj[0].weight.grad.abs().sum() > 0 and m.text_proj[0].weight.grad.abs().sum() > 0
@@ -369,8 +383,9 @@ def test_history_token_excludes_the_trained_positive(tmp_path):
     assert torch.allclose(seen[0][0, 1], (emb[1] + emb[2] + emb[3]) / 3, atol=1e-6)
 
 
-def test_two_tower_user_leaves_the_positive_out_of_history_and_profiles(tmp_path):
-    m = model_from(tmp_path, TWO_TOWER).eval()
+@pytest.mark.parametrize("prototypes", [0, 4])
+def test_two_tower_user_leaves_the_positive_out_of_history_and_profiles(tmp_path, prototypes):
+    m = model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={prototypes}"]).eval()
     # user 0 trained on items 1, 2, 3 (all with valid features)
     train = sp.csr_matrix(
         (np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32
@@ -381,5 +396,10 @@ def test_two_tower_user_leaves_the_positive_out_of_history_and_profiles(tmp_path
     )
     emb = m.item_emb.weight.detach()
     assert torch.allclose(toks["user_history"][0], (emb[2] + emb[3]) / 2, atol=1e-6)
-    rest = m.items.visual[[2, 3]].float().mean(0)
-    assert torch.allclose(toks["user_visual"][0], m.visual_proj(rest), atol=1e-2)
+    if prototypes:  # the mean of the other items' assignments, mapped as an item's is
+        p = m.visual_proj
+        rest = p.assign(m.items.visual[[2, 3]].float()).mean(0)
+        assert torch.allclose(toks["user_visual"][0], p.out(rest), atol=1e-5)
+    else:  # the other items' mean features, projected as an item's are
+        rest = m.items.visual[[2, 3]].float().mean(0)
+        assert torch.allclose(toks["user_visual"][0], m.visual_proj(rest), atol=1e-2)

@@ -16,7 +16,8 @@ item-side tokens (id, cover, text, tag, counts). A modality switched off has no 
   is a matrix product, at BPR-MF's cost. The id agreement is matrix factorisation itself, so
   the id path is never weaker than BPR-MF's model; content adds to it.
 
-The paper's exact recipe is ``model.scoring=pairwise loss=bce``.
+The paper's exact recipe is ``model.scoring=pairwise loss=bce model.user_profile=false
+model.match=false model.prototypes=0 model.use_tags=true model.use_numeric=true``.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         scoring: str = "pairwise",
         dim: int = 64,
         use_ids: bool = True,
+        item_bias: bool = True,
         user_profile: bool = True,
         match: bool = True,
         use_tags: bool = True,
         use_numeric: bool = True,
         projection_hidden: int = 256,
+        prototypes: int = 0,
         head_hidden: int = 128,
         dropout: float = 0.1,
         id_dropout: float = 0.1,
@@ -92,6 +95,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
         self.profile_counts: dict[str, torch.Tensor] = {}  # items behind each user's profile
         self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
+        self.profile_history: sp.csr_matrix | None = None  # the same, for content profiles
         self.train_matrix: sp.csr_matrix | None = None  # accidental hits among shared negatives
         self.item_log_share: torch.Tensor | None = None  # log of each item's share of positives
         self.draw_probabilities: torch.Tensor | None = None  # the negative sampler's, if known

@@ -15,6 +15,7 @@ from torch import nn
 
 from multirec.errors import MultirecError
 from multirec.models.items import ItemInputs
+from multirec.models.prototypes import PrototypeProjection
 
 # user-side token -> the item-side token it is compared with (agreement terms)
 PARTNER = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
@@ -54,6 +55,21 @@ class ModalityTokens:
         weights); a modality switched off gets no parameters at all."""
         hp = self.hparams
         dim, dropout, hidden = hp.dim, hp.dropout, hp.projection_hidden
+        if (
+            isinstance(hp.prototypes, bool)
+            or not isinstance(hp.prototypes, int)
+            or hp.prototypes < 0
+        ):
+            raise MultirecError(
+                f"model.prototypes={hp.prototypes!r} must be 0 (an MLP over the features) or a "
+                "number of prototypes"
+            )
+
+        def content(in_dim: int) -> nn.Module:
+            if hp.prototypes:
+                return PrototypeProjection(in_dim, hp.prototypes, dim)
+            return mlp(in_dim, hidden, dim, dropout)
+
         # user-side tokens come first, then item-side tokens; `modalities` names them in order
         self.user_modalities: list[str] = []
         self.item_modalities: list[str] = []
@@ -69,11 +85,11 @@ class ModalityTokens:
             self.user_modalities.append("user")
             self.item_modalities.append("item")
         if hp.visual_dim:
-            self.visual_proj = mlp(hp.visual_dim, hidden, dim, dropout)
+            self.visual_proj = content(hp.visual_dim)
             self.visual_missing = nn.Parameter(torch.zeros(dim))
             self.item_modalities.append("visual")
         if hp.text_dim:
-            self.text_proj = mlp(hp.text_dim, hidden, dim, dropout)
+            self.text_proj = content(hp.text_dim)
             self.text_missing = nn.Parameter(torch.zeros(dim))
             self.item_modalities.append("text")
         if hp.user_profile:
@@ -122,11 +138,11 @@ class ModalityTokens:
             )
         self.items = items
         self.profiles, self.profile_counts = {}, {}
-        sides = [
-            m.removeprefix("user_")
-            for m in self.user_modalities
-            if m in ("user_visual", "user_text")
-        ]
+        for side in ("visual", "text"):
+            proj = getattr(self, f"{side}_proj", None)
+            if isinstance(proj, PrototypeProjection):
+                proj.initialise(getattr(items, side), getattr(items, f"{side}_ok"))
+        sides = self._profile_sides()
         needs_matrix = sides or "user_history" in self.user_modalities or self.two_tower
         if needs_matrix and train_matrix is None:
             raise MultirecError(
@@ -140,6 +156,7 @@ class ModalityTokens:
         binary.data[:] = 1.0
         if "user_history" in self.user_modalities:
             self.history = binary
+        self.profile_history = binary if sides else None
         if self.two_tower:
             self.train_matrix = binary
             counts = np.asarray(binary.sum(axis=0)).ravel()
@@ -148,9 +165,18 @@ class ModalityTokens:
             )
         for side in sides:
             feats, ok = getattr(items, side), getattr(items, f"{side}_ok").numpy()
-            self.profiles[side] = mean_profiles(binary, feats, ok)
+            if not isinstance(getattr(self, f"{side}_proj"), PrototypeProjection):
+                self.profiles[side] = mean_profiles(binary, feats, ok)
             n_ok = np.asarray(binary.multiply(ok[None, :].astype(np.float32)).sum(axis=1)).ravel()
             self.profile_counts[side] = torch.from_numpy(n_ok.astype(np.float32))
+
+    def _profile_sides(self) -> list[str]:
+        """The content sides with a user profile token, in token order."""
+        return [
+            m.removeprefix("user_")
+            for m in self.user_modalities
+            if m in ("user_visual", "user_text")
+        ]
 
     def _unseen(self, items: torch.Tensor, id_dropout: bool) -> torch.Tensor:
         """Which of ``items`` use the shared 'unseen' id: no training interactions, or (in
@@ -206,9 +232,12 @@ class ModalityTokens:
             if without is not None:
                 total, n = total - self.item_emb(without), n - 1
             out.append(total / n.clamp(min=1).unsqueeze(1))
-        for side, prof in self.profiles.items():
+        for side in self._profile_sides():
             proj = self.visual_proj if side == "visual" else self.text_proj
-            x = prof[idx].to(self.device, torch.float32)
+            if isinstance(proj, PrototypeProjection):
+                out.append(proj.out(self._mean_assignment(side, proj, idx, without)))
+                continue
+            x = self.profiles[side][idx].to(self.device, torch.float32)
             if without is not None:
                 it, w = self.items, without.cpu()
                 n = self.profile_counts[side][idx].to(self.device).unsqueeze(1)
@@ -217,6 +246,33 @@ class ModalityTokens:
                 x = (x * n - own) / (n - ok).clamp(min=1)
             out.append(proj(x))
         return out
+
+    def _mean_assignment(
+        self,
+        side: str,
+        proj: PrototypeProjection,
+        users: torch.Tensor,
+        without: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``[n, k]``: each user's mean prototype assignment over the training items with valid
+        ``side`` features (``without[b]`` left out), from their features at every call."""
+        rows = self.profile_history[users.numpy()]
+        items = torch.from_numpy(rows.indices.astype(np.int64))
+        owner = torch.repeat_interleave(
+            torch.arange(len(users)), torch.from_numpy(np.diff(rows.indptr).astype(np.int64))
+        ).to(self.device)
+        feats, ok = getattr(self.items, side), getattr(self.items, f"{side}_ok")
+        weight = ok[items].to(self.device, torch.float32).unsqueeze(1)
+        share = proj.assign(feats[items].to(self.device, torch.float32)) * weight
+        k = proj.centroids.shape[0]
+        total = torch.zeros(len(users), k, device=self.device).index_add_(0, owner, share)
+        count = torch.zeros(len(users), 1, device=self.device).index_add_(0, owner, weight)
+        if without is not None:
+            w = without.cpu()
+            own_ok = ok[w].to(self.device, torch.float32).unsqueeze(1)
+            total = total - proj.assign(feats[w].to(self.device, torch.float32)) * own_ok
+            count = count - own_ok
+        return total / count.clamp(min=1)
 
     def _history_count(self, users: torch.Tensor) -> torch.Tensor:
         h = self.history

@@ -54,8 +54,9 @@ class TwoTowerScoring:
         self.agreement = (
             [(users, self.item_modalities.index(m)) for users, m in pairs if users] if match else []
         )
-        if self.hparams.use_ids:
-            # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias
+        if self.hparams.item_bias:
+            # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias.
+            # Apart from the id embeddings: a content-only model ranks by popularity too
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
             self.unseen_bias = nn.Parameter(torch.zeros(()))
 
@@ -74,7 +75,7 @@ class TwoTowerScoring:
         toks = self._item_tokens(items, unseen)
         fused, weights = self.item_fusion(torch.stack(toks, dim=1))
         vec = torch.cat([self.item_out(fused), *(toks[k] for _, k in self.agreement)], dim=1)
-        if self.hparams.use_ids:
+        if self.hparams.item_bias:
             bias = torch.where(unseen, self.unseen_bias, self.item_bias[items])
         else:
             bias = torch.zeros(len(items), device=self.device)
