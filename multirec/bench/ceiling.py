@@ -118,10 +118,6 @@ def latent(dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
     return world.item_topic[items], world.user_topic_weights[users]
 
 
-def scored(model: Recommender, dataset: PreparedDataset, protocol, split: str, cfg) -> EvalResult:
-    return evaluate(model.fit(dataset), dataset, protocol, split, metrics=build(cfg.eval))
-
-
 @user_errors
 def main() -> None:
     args = bench_settings(
@@ -139,14 +135,15 @@ def main() -> None:
         cfg = compose("evaluate", [f"data={args.data}", "protocol=full", f"paths.root_dir={root}"])
     dataset = ensure_prepared(cfg.data, cfg.paths)
     topic, taste = latent(dataset)
-    protocol = build(cfg.protocol)
-    valid = {
-        s: scored(TopicOracle(topic, smoothing=s), dataset, protocol, "valid", cfg)
-        for s in SMOOTHING
-    }
+    protocol, metrics = build(cfg.protocol), build(cfg.eval)
+
+    def scored(model: Recommender, split: str) -> EvalResult:
+        return evaluate(model.fit(dataset), dataset, protocol, split, metrics=metrics)
+
+    valid = {s: scored(TopicOracle(topic, smoothing=s), "valid") for s in SMOOTHING}
     best = max(SMOOTHING, key=lambda s: valid[s].metrics["valid/full/ndcg@10"])
     oracles = {"taste": TopicOracle(topic, taste), "topic": TopicOracle(topic, smoothing=best)}
-    tested = {k: scored(m, dataset, protocol, "test", cfg) for k, m in oracles.items()}
+    tested = {k: scored(m, "test") for k, m in oracles.items()}
     results: dict = {
         "dataset": {"name": cfg.data.name, "fingerprint": dataset.fingerprint},
         "topic_oracle_smoothing": {

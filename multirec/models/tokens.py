@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from multirec.errors import MultirecError
+from multirec.errors import ConfigError, MultirecError
 from multirec.models.items import ItemInputs
 from multirec.models.prototypes import PrototypeProjection
 
@@ -60,7 +60,7 @@ class ModalityTokens:
             or not isinstance(hp.prototypes, int)
             or hp.prototypes < 0
         ):
-            raise MultirecError(
+            raise ConfigError(
                 f"model.prototypes={hp.prototypes!r} must be 0 (an MLP over the features) or a "
                 "number of prototypes"
             )
@@ -139,7 +139,7 @@ class ModalityTokens:
         self.items = items
         self.profiles, self.profile_counts = {}, {}
         for side in ("visual", "text"):
-            proj = getattr(self, f"{side}_proj", None)
+            proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
                 proj.initialise(getattr(items, side), getattr(items, f"{side}_ok"))
         sides = self._profile_sides()
@@ -156,19 +156,24 @@ class ModalityTokens:
         binary.data[:] = 1.0
         if "user_history" in self.user_modalities:
             self.history = binary
-        self.profile_history = binary if sides else None
+        # MLP sides average features once here; prototype sides average assignments per call
+        averaged = [s for s in sides if not isinstance(self._projection(s), PrototypeProjection)]
+        self.profile_history = binary if len(averaged) < len(sides) else None
         if self.two_tower:
             self.train_matrix = binary
             counts = np.asarray(binary.sum(axis=0)).ravel()
             self.item_log_share = torch.from_numpy(
                 np.log(np.maximum(counts, 0.5) / max(binary.nnz, 1)).astype(np.float32)
             )
-        for side in sides:
+        for side in averaged:
             feats, ok = getattr(items, side), getattr(items, f"{side}_ok").numpy()
-            if not isinstance(getattr(self, f"{side}_proj"), PrototypeProjection):
-                self.profiles[side] = mean_profiles(binary, feats, ok)
+            self.profiles[side] = mean_profiles(binary, feats, ok)
             n_ok = np.asarray(binary.multiply(ok[None, :].astype(np.float32)).sum(axis=1)).ravel()
             self.profile_counts[side] = torch.from_numpy(n_ok.astype(np.float32))
+
+    def _projection(self, side: str) -> nn.Module | None:
+        """The ``visual`` or ``text`` projection, None when that side is switched off."""
+        return getattr(self, f"{side}_proj", None)
 
     def _profile_sides(self) -> list[str]:
         """The content sides with a user profile token, in token order."""
@@ -233,7 +238,7 @@ class ModalityTokens:
                 total, n = total - self.item_emb(without), n - 1
             out.append(total / n.clamp(min=1).unsqueeze(1))
         for side in self._profile_sides():
-            proj = self.visual_proj if side == "visual" else self.text_proj
+            proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
                 out.append(proj.out(self._mean_assignment(side, proj, idx, without)))
                 continue
