@@ -135,7 +135,16 @@ def _fit_and_test(
     ds = datamodule.dataset
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = trainer.checkpoint_callback
+    if (
+        best is not None
+        and best.monitor == cfg.optimized_metric
+        and best.best_model_score is not None
+    ):
+        # the epoch that is kept and tested, not the last one early stopping let run: a
+        # sweeper must score a trial by the model it would get
+        metrics[cfg.optimized_metric] = float(best.best_model_score)
+    ckpt = best.best_model_path if best is not None else ""
     ckpt = str(Path(ckpt).resolve()) if ckpt else ""  # absolute: found from any directory later
     run = {
         "kind": "model",

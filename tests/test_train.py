@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 from omegaconf import open_dict
@@ -100,3 +101,19 @@ def test_resume_with_the_same_configuration_continues(tiny_trained):
     assert result["metrics"]["test/sampled/ndcg@10"] > 0
     # the checkpoint ended after epoch index 2: only epoch 3 is trained and validated again
     assert {r[0] for r in rows if any(r[2:])} - {"4"} == {"3"}
+
+
+def test_a_run_reports_the_validation_score_of_the_epoch_it_keeps(tmp_path):
+    """Early stopping runs past the best epoch; what a sweeper is given (``best_valid``, the
+    entry point's return value) is the score of the kept and tested checkpoint, not of the
+    last epoch -- else a configuration that peaks early and then overfits looks worse than
+    the model it yields, and tuning passes it over."""
+    overrides = ["data=tiny", "logger=csv", "trainer.max_epochs=8", "seed=1", "test=false"]
+    cfg = compose_cfg("train", [*overrides, "valid_protocol=full"], tmp_path)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    result = train(cfg)
+    log = pl.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
+    scores = log["valid/full/ndcg@10"].drop_nulls().to_list()
+    assert len(scores) < 8 and scores[-1] < max(scores)  # early stopping ran past the best
+    assert result["best_valid"] == pytest.approx(max(scores))
