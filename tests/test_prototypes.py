@@ -1,14 +1,17 @@
 """Prototype projections: k-means finds the clusters the content forms, the start happens once
-(a loaded model keeps its trained prototypes), and assignments are distributions."""
+(a loaded model keeps its trained prototypes), assignments are distributions, and the
+two-tower agreement on a prototype side is the topic mixture."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from multirec.errors import ConfigError
 from multirec.models.prototypes import PrototypeProjection
-from tests.test_model import TWO_TOWER, model_from
+from tests.test_model import N_ITEMS, N_USERS, TWO_TOWER, model_from
 
 
 def clustered(n_per: int = 20, k: int = 3, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,3 +85,55 @@ def test_bad_prototype_count_is_one_line(tmp_path, bad):
     with pytest.raises(Exception, match=r"model\.prototypes=") as err:
         model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={bad}"])
     assert "\n" not in str(err.value)
+
+
+def test_log_taste_is_the_log_of_the_smoothed_weighted_share():
+    """``log(w * (total + s) / (count + k s) + floor)``, scaled by the strength: for a one-hot
+    item the score of its prototype; a user's main category ranks above a minor one, which
+    ranks above one they never chose; an empty history is uniform."""
+    proj = PrototypeProjection(8, 3, dim=4)
+    with torch.no_grad():
+        proj.log_weight.copy_(torch.tensor([0.0, 0.5, -0.5]))
+        proj.log_strength.fill_(0.3)
+    s, floor = proj.log_smoothing.exp(), proj.log_floor.exp()
+    total, count = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[3.0]])
+    taste = proj.log_taste(total, count).detach()
+    w = torch.tensor([0.0, 0.5, -0.5]).exp()
+    expected = torch.log(w * (total + s) / (3 + 3 * s) + floor) * torch.tensor(0.3).exp()
+    assert torch.allclose(taste, expected.detach(), atol=1e-6)
+    with torch.no_grad():
+        proj.log_weight.zero_()
+    main, minor, never = proj.log_taste(total, count)[0].tolist()
+    assert main > minor > never
+    empty = proj.log_taste(torch.zeros(1, 3), torch.zeros(1, 1))
+    assert torch.allclose(empty, empty[0, :1].expand_as(empty))
+
+
+def test_a_left_out_item_outside_the_history_keeps_the_taste_finite():
+    """A random probe batch (the step-time estimate) leaves out items the user never had:
+    the shares it would push below zero are clamped, not turned into NaN by the log."""
+    proj = PrototypeProjection(8, 3, dim=4)
+    taste = proj.log_taste(torch.tensor([[1.0, -0.9, 0.0]]), torch.tensor([[0.0]]))
+    assert torch.isfinite(taste).all()
+
+
+def test_two_tower_agreement_on_prototype_sides_is_the_topic_mixture(tmp_path):
+    """The score's prototype columns are ``sum over sides of q_i . log_taste(user)``, with
+    the user's history (positive left out) behind the taste."""
+    k = 4
+    m = model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={k}"]).eval()
+    train = sp.csr_matrix(
+        (np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32
+    )
+    m.attach_items(m.items, train)
+    assert m.mixture_sides == ["visual", "text"]
+    with torch.no_grad():
+        uv, _ = m._user_vectors(torch.tensor([0]), torch.tensor([1]))
+        vec, _, _ = m._item_vectors(torch.tensor([5]), torch.tensor([False]))
+        expected = torch.tensor(0.0)
+        for side in m.mixture_sides:
+            p, feats = m._projection(side), getattr(m.items, side).float()
+            taste = p.log_taste(p.assign(feats[[2, 3]]).sum(0, keepdim=True), torch.tensor([[2.0]]))
+            expected = expected + (p.assign(feats[[5]]) * taste).sum()
+    got = (uv[0, -2 * k :] * vec[0, -2 * k :]).sum()
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)

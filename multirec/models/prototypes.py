@@ -11,6 +11,15 @@ by itself are there from the first step, and training moves them where interacti
 A user's profile on the same side is the mean of their history's assignments (their share
 of each category), which the user tower maps to a token as items' are: per step, over the
 batch users' histories, so a training positive can be left out of its own user's profile.
+
+The two-tower model's agreement on a prototype side is a topic mixture, as in an aspect
+model: ``P(i | u) ~ sum_k theta_uk w_k q_ik``, with ``q_i`` the item's assignment and
+``theta_u`` the user's smoothed share of each prototype. For near one-hot ``q_i`` its log
+equals ``q_i . log(w * theta_u + floor)`` (Jensen's bound, tight there), which is a dot product
+of an item vector and a user vector: full ranking stays one matrix product. The log matters:
+a user's minor category is then ranked a constant factor below their main one and a category
+they never chose far below both, which a dot product of linear maps of ``theta`` and ``q``
+cannot express.
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ from torch import nn
 from multirec.errors import ConfigError
 
 KMEANS_ITERATIONS = 25
+KMEANS_RESTARTS = 4
 KMEANS_ROWS = 16_384  # catalogue rows k-means runs on: ample for tens of prototypes
 START_SCALE = 20.0  # cosine-similarity temperature at start: near one-hot for a clear nearest
+START_SMOOTHING = 0.1  # pseudo-count per prototype added to a user's history (learned)
+START_FLOOR = 0.05  # P(i | u) floor outside the user's categories, in w units (learned)
 
 
 class PrototypeProjection(nn.Module):
@@ -35,6 +47,11 @@ class PrototypeProjection(nn.Module):
         self.centroids = nn.Parameter(torch.randn(k, in_dim) / math.sqrt(in_dim))
         self.log_scale = nn.Parameter(torch.tensor(math.log(START_SCALE)))
         self.out = nn.Linear(k, dim)
+        # the topic mixture's weights, smoothing and floor, in log space so they stay positive
+        self.log_weight = nn.Parameter(torch.zeros(k))
+        self.log_smoothing = nn.Parameter(torch.tensor(math.log(START_SMOOTHING)))
+        self.log_floor = nn.Parameter(torch.tensor(math.log(START_FLOOR)))
+        self.log_strength = nn.Parameter(torch.zeros(()))
         # set once the centroids come from the catalogue; saved, so a loaded model keeps its own
         self.register_buffer("initialised", torch.tensor(False))
 
@@ -48,14 +65,24 @@ class PrototypeProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.assign(x))
 
+    def log_taste(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """``[n, k]`` user side of the topic mixture, ``log(w * theta + floor)``, from the sum
+        ``total [n, k]`` of a user's history assignments over ``count [n, 1]`` items; the
+        smoothing keeps a short history from ruling a category out. A left-out item that was
+        not in the history (a random probe batch) must not make a share negative."""
+        s = self.log_smoothing.exp()
+        theta = (total.clamp(min=0) + s) / (count.clamp(min=0) + s * total.shape[1])
+        taste = torch.log(theta * self.log_weight.exp() + self.log_floor.exp())
+        return taste * self.log_strength.exp()
+
     @torch.no_grad()
     def initialise(self, feats: torch.Tensor, valid: torch.Tensor) -> None:
         """Spherical k-means of the catalogue's features ``feats`` (rows where ``valid``) as
         the centroids. It runs on at most ``KMEANS_ROWS`` of those rows, drawn with torch's
-        generator (the run's seed), so its memory stays bounded whatever the catalogue; it
-        starts from ``k`` of them (distinct unless there are fewer, when some prototypes
-        start as copies), and an empty cluster keeps its previous centroid. Does nothing
-        once done."""
+        generator (the run's seed), so its memory stays bounded whatever the catalogue; of
+        ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one unlucky start
+        merges two categories and splits another, which training does not undo. With fewer
+        rows than prototypes some start as copies. Does nothing once done."""
         if bool(self.initialised):
             return
         rows = valid.nonzero().squeeze(1)
@@ -66,11 +93,31 @@ class PrototypeProjection(nn.Module):
         rows = rows[torch.randperm(len(rows))[:KMEANS_ROWS]]
         x = nn.functional.normalize(feats[rows].float(), dim=1)
         k = self.centroids.shape[0]
-        c = x[torch.randperm(max(len(x), k)) % len(x)][:k].clone()
-        for _ in range(KMEANS_ITERATIONS):
-            nearest = (x @ c.T).argmax(dim=1)
-            sums = torch.zeros_like(c).index_add_(0, nearest, x)
-            filled = torch.bincount(nearest, minlength=k) > 0
-            c[filled] = nn.functional.normalize(sums[filled], dim=1)
-        self.centroids.copy_(c.to(self.centroids))
+        best, best_fit = None, -math.inf
+        for _ in range(KMEANS_RESTARTS):
+            c, fit = _spherical_kmeans(x, k)
+            if fit > best_fit:
+                best, best_fit = c, fit
+        self.centroids.copy_(best.to(self.centroids))
         self.initialised.fill_(True)
+
+
+def _spherical_kmeans(x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+    """Centroids ``[k, dim]`` of unit rows ``x`` from a k-means++ start, and their fit (the
+    summed cosine similarity of each row to its nearest centroid); an empty cluster keeps
+    its previous centroid."""
+    c = x.new_empty(k, x.shape[1])
+    c[0] = x[torch.randint(len(x), ())]
+    gap = 1 - x @ c[0]
+    for j in range(1, k):
+        # the next start far from the chosen ones, in proportion to the squared distance
+        weights = gap.clamp(min=0)
+        pick = torch.multinomial(weights, 1) if weights.sum() > 0 else torch.randint(len(x), (1,))
+        c[j] = x[pick.squeeze()]
+        gap = torch.minimum(gap, 1 - x @ c[j])
+    for _ in range(KMEANS_ITERATIONS):
+        nearest = (x @ c.T).argmax(dim=1)
+        sums = torch.zeros_like(c).index_add_(0, nearest, x)
+        filled = torch.bincount(nearest, minlength=k) > 0
+        c[filled] = nn.functional.normalize(sums[filled], dim=1)
+    return c, float((x @ c.T).max(dim=1).values.sum())

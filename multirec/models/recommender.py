@@ -11,9 +11,10 @@ item-side tokens (id, cover, text, tag, counts). A modality switched off has no 
 * ``two_tower``: the fusion runs over the item-side tokens into one item vector and over the
   user-side tokens into one user vector; the score is their dot product plus an item bias and,
   with ``match``, per-modality agreement (user id and mean history with item id, visual profile
-  with cover, text profile with text). All of it is one dot product of concatenated vectors,
-  so the whole catalogue's item vectors are computed once per set of weights and full ranking
-  is a matrix product, at BPR-MF's cost. The id agreement is matrix factorisation itself, so
+  with cover, text profile with text; a prototype side as a topic mixture, the log of the
+  user's smoothed share of the item's prototype). All of it is one dot product of
+  concatenated vectors, so the whole catalogue's item vectors are computed once per set of
+  weights and full ranking is a matrix product, at BPR-MF's cost. The id agreement is matrix factorisation itself, so
   the id path is never weaker than BPR-MF's model; content adds to it.
 
 The paper's exact recipe is ``model.scoring=pairwise loss=bce model.user_profile=false
@@ -148,7 +149,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         users = users.to(self.device)
         if self.two_tower:
             vec, bias, _ = self._item_table()
-            uv, _ = self._user_vectors(self._user_tokens(users))
+            uv, _ = self._user_vectors(users)
             out = torch.addmm(bias, uv, vec.T).float().cpu()
             self.train(was_training)
             return out
@@ -246,6 +247,8 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         for name, p in self.named_parameters():
             tower = self.two_tower and name.startswith(TOWERS)
             decay = hp.tower_weight_decay if tower else hp.weight_decay
+            if name.rpartition(".")[2].startswith("log_"):
+                decay = 0.0  # a log-space scale: decay would pull it to 1, not to nothing
             groups.setdefault((decay, name.startswith(tables)), []).append(p)
         fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
         return RowAdamW(

@@ -191,8 +191,17 @@ class ModalityTokens:
             unseen = unseen | (torch.rand(len(items), device=self.device) < self.hparams.id_dropout)
         return unseen
 
-    def _item_tokens(self, items: torch.Tensor, unseen: torch.Tensor) -> list[torch.Tensor]:
-        """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``."""
+    def _item_tokens(
+        self,
+        items: torch.Tensor,
+        unseen: torch.Tensor,
+        assignments: dict[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``.
+
+        ``assignments``, when given, receives each prototype side's assignments ``[n, k]``
+        (zero for an item without valid features), which the two-tower topic mixture reads.
+        """
         assert self.items is not None, "call attach_items() first"
         it = self.items
         dev = self.device
@@ -201,18 +210,20 @@ class ModalityTokens:
         if self.hparams.use_ids:
             q = self.item_emb(items)
             out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
-        if self.hparams.visual_dim:
-            v = self.visual_proj(it.visual[idx].to(dev, torch.float32))
-            out.append(
-                torch.where(
-                    it.visual_ok[idx].to(dev).unsqueeze(1), v, self.visual_missing.expand_as(v)
-                )
-            )
-        if self.hparams.text_dim:
-            t = self.text_proj(it.text[idx].to(dev, torch.float32))
-            out.append(
-                torch.where(it.text_ok[idx].to(dev).unsqueeze(1), t, self.text_missing.expand_as(t))
-            )
+        for side in ("visual", "text"):
+            proj = self._projection(side)
+            if proj is None:
+                continue
+            x = getattr(it, side)[idx].to(dev, torch.float32)
+            ok = getattr(it, f"{side}_ok")[idx].to(dev).unsqueeze(1)
+            if isinstance(proj, PrototypeProjection):
+                q = proj.assign(x)
+                tok = proj.out(q)
+                if assignments is not None:
+                    assignments[side] = q * ok
+            else:
+                tok = proj(x)
+            out.append(torch.where(ok, tok, getattr(self, f"{side}_missing").expand_as(tok)))
         if self.hparams.use_tags:
             out.append(self.tag_proj(it.tag[idx].to(dev)))
         if "numeric" in self.item_modalities:
@@ -220,13 +231,18 @@ class ModalityTokens:
         return out
 
     def _user_tokens(
-        self, users: torch.Tensor, without: torch.Tensor | None = None
+        self,
+        users: torch.Tensor,
+        without: torch.Tensor | None = None,
+        tastes: dict[str, torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """User-side tokens for a 1-D tensor of user indices, each ``[n, dim]``.
 
         ``without[b]`` (two-tower training) is a training item of ``users[b]`` left out of its
         history and content profiles, so that the positive is scored against the user as
         held-out items are at evaluation, not against a profile containing itself.
+        ``tastes``, when given, receives each prototype side's topic-mixture user side
+        (:meth:`PrototypeProjection.log_taste`, ``[n, k]``).
         """
         out = []
         if self.hparams.use_ids:
@@ -240,7 +256,10 @@ class ModalityTokens:
         for side in self._profile_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
-                out.append(proj.out(self._mean_assignment(side, proj, idx, without)))
+                total, count = self._assignment_sum(side, proj, idx, without)
+                out.append(proj.out(total / count.clamp(min=1)))
+                if tastes is not None:
+                    tastes[side] = proj.log_taste(total, count)
                 continue
             x = self.profiles[side][idx].to(self.device, torch.float32)
             if without is not None:
@@ -252,15 +271,16 @@ class ModalityTokens:
             out.append(proj(x))
         return out
 
-    def _mean_assignment(
+    def _assignment_sum(
         self,
         side: str,
         proj: PrototypeProjection,
         users: torch.Tensor,
         without: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """``[n, k]``: each user's mean prototype assignment over the training items with valid
-        ``side`` features (``without[b]`` left out), from their features at every call."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([n, k], [n, 1])``: the sum of each user's prototype assignments over their
+        training items with valid ``side`` features (``without[b]`` left out), from the
+        features at every call, and how many items that is."""
         rows = self.profile_history[users.numpy()]
         items = torch.from_numpy(rows.indices.astype(np.int64))
         owner = torch.repeat_interleave(
@@ -277,7 +297,7 @@ class ModalityTokens:
             own_ok = ok[w].to(self.device, torch.float32).unsqueeze(1)
             total = total - proj.assign(feats[w].to(self.device, torch.float32)) * own_ok
             count = count - own_ok
-        return total / count.clamp(min=1)
+        return total, count
 
     def _history_count(self, users: torch.Tensor) -> torch.Tensor:
         h = self.history

@@ -2,7 +2,9 @@
 
 The fusion runs over the item-side tokens into an item vector and over the user-side tokens
 into a user vector; with ``match`` the per-modality agreement terms are concatenated to both,
-so the score stays one dot product. The catalogue's item vectors are computed once per set
+so the score stays one dot product. A side seen through prototypes agrees as a topic mixture
+(its item columns the assignment, its user columns the log taste; see
+:mod:`multirec.models.prototypes`), any other side as the dot product of its tokens. The catalogue's item vectors are computed once per set
 of weights and full ranking is a matrix product, at BPR-MF's cost. Training scores each user
 against shared, in-batch or per-row negatives, as the loss asks.
 """
@@ -17,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from multirec.config import build
+from multirec.models.prototypes import PrototypeProjection
 from multirec.models.tokens import PARTNER
 
 ITEM_CHUNK = 4096  # items per pass of the item tower when the whole catalogue is scored
@@ -51,30 +54,51 @@ class TwoTowerScoring:
             ([k for k, u in enumerate(self.user_modalities) if PARTNER[u] == m], m)
             for m in partners
         ]
-        self.agreement = (
-            [(users, self.item_modalities.index(m)) for users, m in pairs if users] if match else []
-        )
+        pairs = [(users, m) for users, m in pairs if users] if match else []
+        # a prototype side agrees through its topic mixture (see multirec.models.prototypes)
+        self.mixture_sides = [
+            m for _, m in pairs if isinstance(self._projection(m), PrototypeProjection)
+        ]
+        self.agreement = [
+            (users, self.item_modalities.index(m))
+            for users, m in pairs
+            if m not in self.mixture_sides
+        ]
         if self.hparams.item_bias:
             # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias.
             # Apart from the id embeddings: a content-only model ranks by popularity too
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
             self.unseen_bias = nn.Parameter(torch.zeros(()))
 
-    def _user_vectors(self, toks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _user_vectors(
+        self, users: torch.Tensor, without: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """User vectors ``[n, D]`` (fused, then one summed agreement token per item partner,
-        all scaled by ``dim ** -0.5``) and the user fusion's weights."""
+        all scaled by ``dim ** -0.5``, then each mixture side's log taste) and the user
+        fusion's weights; ``without`` as in :meth:`_user_tokens`."""
+        tastes: dict[str, torch.Tensor] = {}
+        toks = self._user_tokens(users, without, tastes)
         fused, weights = self.user_fusion(torch.stack(toks, dim=1))
         parts = [self.user_out(fused)]
-        parts += [torch.stack([toks[k] for k in users]).sum(0) for users, _ in self.agreement]
-        return torch.cat(parts, dim=1) * self.hparams.dim**-0.5, weights
+        parts += [torch.stack([toks[k] for k in group]).sum(0) for group, _ in self.agreement]
+        vec = torch.cat(parts, dim=1) * self.hparams.dim**-0.5
+        return torch.cat([vec, *(tastes[m] for m in self.mixture_sides)], dim=1), weights
 
     def _item_vectors(
         self, items: torch.Tensor, unseen: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Item vectors ``[n, D]``, biases ``[n]`` and the item fusion's weights."""
-        toks = self._item_tokens(items, unseen)
+        assignments: dict[str, torch.Tensor] = {}
+        toks = self._item_tokens(items, unseen, assignments)
         fused, weights = self.item_fusion(torch.stack(toks, dim=1))
-        vec = torch.cat([self.item_out(fused), *(toks[k] for _, k in self.agreement)], dim=1)
+        vec = torch.cat(
+            [
+                self.item_out(fused),
+                *(toks[k] for _, k in self.agreement),
+                *(assignments[m] for m in self.mixture_sides),
+            ],
+            dim=1,
+        )
         if self.hparams.item_bias:
             bias = torch.where(unseen, self.unseen_bias, self.item_bias[items])
         else:
@@ -149,9 +173,7 @@ class TwoTowerScoring:
         else:
             vec, bias, iw = self._item_table()
             inverse = items.flatten()
-        uv, uw = self._user_vectors(
-            self._user_tokens(users, items[:, 0] if exclude_first else None)
-        )
+        uv, uw = self._user_vectors(users, items[:, 0] if exclude_first else None)
         logits = torch.einsum("bd,bcd->bc", uv, vec[inverse].view(b, c, -1))
         logits = logits + bias[inverse].view(b, c)
         if uw is None or iw is None:
@@ -192,7 +214,7 @@ class TwoTowerScoring:
             torch.cat([pos, neg.flatten(), all_pos, all_neg.flatten()]), return_inverse=True
         )
         vec, bias, _ = self._item_vectors(uniq, self._unseen(uniq, True))
-        uv, _ = self._user_vectors(self._user_tokens(users, pos))
+        uv, _ = self._user_vectors(users, pos)
         at_pos, at_neg = inverse[:b], inverse[b : b + neg.numel()].view(b, -1)
         at_all_pos = inverse[b + neg.numel() : b + neg.numel() + len(all_pos)]
         at_all_neg = inverse[b + neg.numel() + len(all_pos) :]
