@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from multirec.errors import ConfigError
+from multirec.models import prototypes
 from multirec.models.prototypes import PrototypeProjection
 from tests.test_model import N_ITEMS, N_USERS, TWO_TOWER, model_from
 
@@ -35,6 +36,38 @@ def test_kmeans_start_finds_the_clusters_and_assignments_are_distributions():
     owners = [set(nearest[labels == c].tolist()) for c in range(3)]
     assert all(len(o) == 1 for o in owners) and len(set().union(*owners)) == 3, owners
     assert proj(x).shape == (len(x), 5)
+
+
+def test_wide_features_are_clustered_on_an_orthonormal_basis_of_their_leading_directions(
+    monkeypatch,
+):
+    monkeypatch.setattr(prototypes, "BASIS_DIM", 5)
+    torch.manual_seed(0)
+    x, labels = clustered(dim=16)
+    proj = PrototypeProjection(16, 3, dim=4)
+    assert proj.basis.shape == (16, 5) and proj.centroids.shape == (3, 5)
+    proj.initialise(x, torch.ones(len(x), dtype=torch.bool))
+    b = proj.basis
+    assert torch.allclose(b.T @ b, torch.eye(5), atol=1e-5)
+    # the three cluster directions and the shared offset lie in the basis' span
+    unit = torch.nn.functional.normalize(x, dim=1)
+    assert torch.allclose(unit @ b @ b.T, unit, atol=0.2)
+    nearest = proj.assign(proj.reduce(x)).argmax(1)
+    owners = [set(nearest[labels == c].tolist()) for c in range(3)]
+    assert all(len(o) == 1 for o in owners) and len(set().union(*owners)) == 3, owners
+
+
+def test_the_models_reduced_features_follow_a_loaded_basis(tmp_path, monkeypatch):
+    """Training attaches the items before a resumed or best state is loaded: the features on
+    the basis must be those of the basis the model ends up with, not the one it started."""
+    monkeypatch.setattr(prototypes, "BASIS_DIM", 4)
+    m = model_from(tmp_path, [*TWO_TOWER, "model.prototypes=3"])
+    feats = m.items.visual.float()
+    assert torch.allclose(m._reduced("visual"), feats @ m.visual_proj.basis, atol=1e-5)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    state["visual_proj.basis"] = torch.linalg.qr(torch.randn(feats.shape[1], 4)).Q
+    m.load_state_dict(state)
+    assert torch.allclose(m._reduced("visual"), feats @ state["visual_proj.basis"], atol=1e-5)
 
 
 def test_random_prototypes_do_not_find_them():
@@ -109,12 +142,24 @@ def test_log_taste_is_the_log_of_the_smoothed_weighted_share():
     assert torch.allclose(empty, empty[0, :1].expand_as(empty))
 
 
-def test_a_left_out_item_outside_the_history_keeps_the_taste_finite():
+def history_model(tmp_path, *overrides: str):
+    """A two-tower model with 4 prototypes whose user 0 trained on items 1-6."""
+    m = model_from(tmp_path, [*TWO_TOWER, "model.prototypes=4", *overrides])
+    train = sp.csr_matrix(
+        (np.ones(6), ([0] * 6, [1, 2, 3, 4, 5, 6])), shape=(N_USERS, N_ITEMS), dtype=np.float32
+    )
+    m.attach_items(m.items, train)
+    return m
+
+
+def test_a_left_out_item_outside_the_history_keeps_the_taste_finite(tmp_path):
     """A random probe batch (the step-time estimate) leaves out items the user never had:
-    the shares it would push below zero are clamped, not turned into NaN by the log."""
-    proj = PrototypeProjection(8, 3, dim=4)
-    taste = proj.log_taste(torch.tensor([[1.0, -0.9, 0.0]]), torch.tensor([[0.0]]))
-    assert torch.isfinite(taste).all()
+    nothing is taken away, so no share goes below zero and the log stays finite."""
+    m = history_model(tmp_path)
+    uv, _ = m._user_vectors(torch.tensor([0, 0]), torch.tensor([7, 8]))
+    assert torch.isfinite(uv).all()
+    total, count = m._assignment_sum("visual", m.visual_proj, torch.tensor([0]), torch.tensor([8]))
+    assert count.item() == 6 and (total >= 0).all()
 
 
 def test_two_tower_agreement_on_prototype_sides_is_the_topic_mixture(tmp_path):

@@ -95,6 +95,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
             )
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
         self.profile_counts: dict[str, torch.Tensor] = {}  # items behind each user's profile
+        self._reduced_tables: dict[str, tuple] = {}  # prototype sides' features on their basis
         self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
         self.profile_history: sp.csr_matrix | None = None  # the same, for content profiles
         self.train_matrix: sp.csr_matrix | None = None  # accidental hits among shared negatives

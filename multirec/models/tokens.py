@@ -17,6 +17,7 @@ from multirec.errors import ConfigError, MultirecError
 from multirec.models.items import ItemInputs
 from multirec.models.prototypes import PrototypeProjection
 
+REDUCE_CHUNK = 8192  # feature rows per product when the catalogue is put on a basis
 # user-side token -> the item-side token it is compared with (agreement terms)
 PARTNER = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
 
@@ -138,6 +139,7 @@ class ModalityTokens:
             )
         self.items = items
         self.profiles, self.profile_counts = {}, {}
+        self._reduced_tables = {}  # new features: nothing computed from the old ones holds
         for side in ("visual", "text"):
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
@@ -214,15 +216,14 @@ class ModalityTokens:
             proj = self._projection(side)
             if proj is None:
                 continue
-            x = getattr(it, side)[idx].to(dev, torch.float32)
             ok = getattr(it, f"{side}_ok")[idx].to(dev).unsqueeze(1)
             if isinstance(proj, PrototypeProjection):
-                q = proj.assign(x)
+                q = proj.assign(self._reduced(side)[items])
                 tok = proj.out(q)
                 if assignments is not None:
                     assignments[side] = q * ok
             else:
-                tok = proj(x)
+                tok = proj(getattr(it, side)[idx].to(dev, torch.float32))
             out.append(torch.where(ok, tok, getattr(self, f"{side}_missing").expand_as(tok)))
         if self.hparams.use_tags:
             out.append(self.tag_proj(it.tag[idx].to(dev)))
@@ -281,23 +282,47 @@ class ModalityTokens:
         """``([n, k], [n, 1])``: the sum of each user's prototype assignments over their
         training items with valid ``side`` features (``without[b]`` left out), from the
         features at every call, and how many items that is."""
-        rows = self.profile_history[users.numpy()]
-        items = torch.from_numpy(rows.indices.astype(np.int64))
-        owner = torch.repeat_interleave(
-            torch.arange(len(users)), torch.from_numpy(np.diff(rows.indptr).astype(np.int64))
-        ).to(self.device)
-        feats, ok = getattr(self.items, side), getattr(self.items, f"{side}_ok")
-        weight = ok[items].to(self.device, torch.float32).unsqueeze(1)
-        share = proj.assign(feats[items].to(self.device, torch.float32)) * weight
+        items, owner = self._profile_items(users, without)
+        items_t = torch.from_numpy(items)
+        owner_t = torch.from_numpy(owner).to(self.device)
+        ok = getattr(self.items, f"{side}_ok")
+        weight = ok[items_t].to(self.device, torch.float32).unsqueeze(1)
+        share = proj.assign(self._reduced(side)[items_t.to(self.device)]) * weight
         k = proj.centroids.shape[0]
-        total = torch.zeros(len(users), k, device=self.device).index_add_(0, owner, share)
-        count = torch.zeros(len(users), 1, device=self.device).index_add_(0, owner, weight)
-        if without is not None:
-            w = without.cpu()
-            own_ok = ok[w].to(self.device, torch.float32).unsqueeze(1)
-            total = total - proj.assign(feats[w].to(self.device, torch.float32)) * own_ok
-            count = count - own_ok
+        total = torch.zeros(len(users), k, device=self.device).index_add_(0, owner_t, share)
+        count = torch.zeros(len(users), 1, device=self.device).index_add_(0, owner_t, weight)
         return total, count
+
+    @torch.no_grad()
+    def _reduced(self, side: str) -> torch.Tensor:
+        """``[n_items, width]`` float32: every item's ``side`` features on its prototype
+        projection's basis, on the model's device. Kept until the features or the basis
+        change (the start, a loaded state or a move to another device replace it), so a
+        step gathers narrow rows instead of converting wide float16 ones."""
+        proj, feats = self._projection(side), getattr(self.items, side)
+        key = (feats.data_ptr(), proj.basis.data_ptr(), proj.basis._version)
+        if self._reduced_tables.get(side, (None,))[0] != key:
+            parts = [
+                proj.reduce(feats[s : s + REDUCE_CHUNK].to(self.device, torch.float32))
+                for s in range(0, len(feats), REDUCE_CHUNK)
+            ]
+            table = torch.cat(parts) if parts else feats.new_zeros(0, proj.basis.shape[1])
+            self._reduced_tables[side] = (key, table.float())
+        return self._reduced_tables[side][1]
+
+    def _profile_items(
+        self, users: torch.Tensor, without: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The items behind the users' content profiles and the row of ``users`` each belongs
+        to: their training items, ``without[b]`` left out (an item a user never had, as in a
+        random probe batch, leaves nothing out)."""
+        rows = self.profile_history[users.numpy()]
+        owner = np.repeat(np.arange(len(users)), np.diff(rows.indptr))
+        items = rows.indices.astype(np.int64)
+        if without is not None:
+            keep = items != without.cpu().numpy()[owner]
+            owner, items = owner[keep], items[keep]
+        return items, owner
 
     def _history_count(self, users: torch.Tensor) -> torch.Tensor:
         h = self.history
