@@ -8,7 +8,8 @@ an earlier report survives)::
     table2-{split}-{protocol}.{md,csv,tex}   one per protocol with results
     table3-{split}-{protocol}.{md,csv,tex}   the ablation, where ablation runs exist
     significance-{split}-{protocol}.json     best multirec model vs its strongest competitor,
-                                             paired on per-list NDCG@10 (-ndcg@20.json: @20)
+                                             paired on per-list NDCG@10 (-recall@20.json,
+                                             -ndcg@20.json: those metrics)
     metrics-{split}-{protocol}.png           Table 2's rows, one panel per key metric, std over
                                              seeds as error bars (7 in wide: a paper's text width)
     sampled-vs-full-{split}.png              runs with both protocols' results
@@ -39,7 +40,7 @@ from multirec.tracking import describe
 log = logging.getLogger(__name__)
 
 # (metric, file suffix) of the paired tests; NDCG@10 keeps the unsuffixed names
-TESTED = (("ndcg@10", ""), ("ndcg@20", "-ndcg@20"))
+TESTED = (("ndcg@10", ""), ("recall@20", "-recall@20"), ("ndcg@20", "-ndcg@20"))
 
 
 @dataclass
