@@ -72,7 +72,7 @@ class PrototypeProjection(nn.Module):
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Soft assignment ``[n, k]`` (rows sum to 1) of each reduced row to the prototypes."""
-        # the rows' norms divide the [n, k] products, not the [n, in_dim] features: k << in_dim
+        # the rows' norms divide the [n, k] products, not the [n, width] rows: k << width
         dots = x @ nn.functional.normalize(self.centroids, dim=1).T
         cos = dots / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
         return torch.softmax(self.log_scale.exp() * cos, dim=1)
