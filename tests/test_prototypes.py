@@ -158,7 +158,8 @@ def test_a_left_out_item_outside_the_history_keeps_the_taste_finite(tmp_path):
     m = history_model(tmp_path)
     uv, _ = m._user_vectors(torch.tensor([0, 0]), torch.tensor([7, 8]))
     assert torch.isfinite(uv).all()
-    total, count = m._assignment_sum("visual", m.visual_proj, torch.tensor([0]), torch.tensor([8]))
+    history = m._profile_items(torch.tensor([0]), torch.tensor([8]))
+    total, count = m._assignment_sum("visual", m.visual_proj, *history, 1)
     assert count.item() == 6 and (total >= 0).all()
 
 

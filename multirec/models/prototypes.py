@@ -93,11 +93,11 @@ class PrototypeProjection(nn.Module):
     def initialise(self, feats: torch.Tensor, valid: torch.Tensor) -> None:
         """The basis (leading right singular vectors of the unit feature rows) and, on the
         reduced rows, spherical k-means of the catalogue's features ``feats`` (rows where
-        ``valid``) as the centroids. Both run on at most ``KMEANS_ROWS`` of those rows, drawn with torch's
-        generator (the run's seed), so its memory stays bounded whatever the catalogue; of
-        ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one unlucky start
-        merges two categories and splits another, which training does not undo. With fewer
-        rows than prototypes some start as copies. Does nothing once done."""
+        ``valid``) as the centroids. Both run on at most ``KMEANS_ROWS`` of those rows, drawn
+        with torch's generator (the run's seed), so memory stays bounded whatever the
+        catalogue; of ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one
+        unlucky start merges two categories and splits another, which training does not
+        undo. With fewer rows than prototypes some start as copies. Does nothing once done."""
         if bool(self.initialised):
             return
         rows = valid.nonzero().squeeze(1)

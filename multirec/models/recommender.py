@@ -14,8 +14,9 @@ item-side tokens (id, cover, text, tag, counts). A modality switched off has no 
   with cover, text profile with text; a prototype side as a topic mixture, the log of the
   user's smoothed share of the item's prototype). All of it is one dot product of
   concatenated vectors, so the whole catalogue's item vectors are computed once per set of
-  weights and full ranking is a matrix product, at BPR-MF's cost. The id agreement is matrix factorisation itself, so
-  the id path is never weaker than BPR-MF's model; content adds to it.
+  weights and full ranking is a matrix product, at BPR-MF's cost. The id agreement is matrix
+  factorisation itself, so the id path is never weaker than BPR-MF's model; content adds to
+  it.
 
 The paper's exact recipe is ``model.scoring=pairwise loss=bce model.user_profile=false
 model.match=false model.prototypes=0 model.use_tags=true model.use_numeric=true``.

@@ -254,10 +254,13 @@ class ModalityTokens:
             if without is not None:
                 total, n = total - self.item_emb(without), n - 1
             out.append(total / n.clamp(min=1).unsqueeze(1))
+        history = None  # (items, owner): one history gather shared by both prototype sides
         for side in self._profile_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
-                total, count = self._assignment_sum(side, proj, idx, without)
+                if history is None:
+                    history = self._profile_items(idx, without)
+                total, count = self._assignment_sum(side, proj, *history, len(idx))
                 out.append(proj.out(total / count.clamp(min=1)))
                 if tastes is not None:
                     tastes[side] = proj.log_taste(total, count)
@@ -276,21 +279,21 @@ class ModalityTokens:
         self,
         side: str,
         proj: PrototypeProjection,
-        users: torch.Tensor,
-        without: torch.Tensor | None,
+        items: np.ndarray,
+        owner: np.ndarray,
+        n_users: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([n, k], [n, 1])``: the sum of each user's prototype assignments over their
-        training items with valid ``side`` features (``without[b]`` left out), from the
-        features at every call, and how many items that is."""
-        items, owner = self._profile_items(users, without)
+        """``([n_users, k], [n_users, 1])``: per user, the sum of the prototype assignments
+        of their history ``items`` (:meth:`_profile_items`; ``owner`` the user's row) with
+        valid ``side`` features, assigned afresh at every call, and how many items that is."""
         items_t = torch.from_numpy(items)
         owner_t = torch.from_numpy(owner).to(self.device)
         ok = getattr(self.items, f"{side}_ok")
         weight = ok[items_t].to(self.device, torch.float32).unsqueeze(1)
         share = proj.assign(self._reduced(side)[items_t.to(self.device)]) * weight
         k = proj.centroids.shape[0]
-        total = torch.zeros(len(users), k, device=self.device).index_add_(0, owner_t, share)
-        count = torch.zeros(len(users), 1, device=self.device).index_add_(0, owner_t, weight)
+        total = torch.zeros(n_users, k, device=self.device).index_add_(0, owner_t, share)
+        count = torch.zeros(n_users, 1, device=self.device).index_add_(0, owner_t, weight)
         return total, count
 
     @torch.no_grad()
@@ -306,8 +309,9 @@ class ModalityTokens:
                 proj.reduce(feats[s : s + REDUCE_CHUNK].to(self.device, torch.float32))
                 for s in range(0, len(feats), REDUCE_CHUNK)
             ]
-            table = torch.cat(parts) if parts else feats.new_zeros(0, proj.basis.shape[1])
-            self._reduced_tables[side] = (key, table.float())
+            width = proj.basis.shape[1]
+            table = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
+            self._reduced_tables[side] = (key, table)
         return self._reduced_tables[side][1]
 
     def _profile_items(

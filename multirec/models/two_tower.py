@@ -4,9 +4,10 @@ The fusion runs over the item-side tokens into an item vector and over the user-
 into a user vector; with ``match`` the per-modality agreement terms are concatenated to both,
 so the score stays one dot product. A side seen through prototypes agrees as a topic mixture
 (its item columns the assignment, its user columns the log taste; see
-:mod:`multirec.models.prototypes`), any other side as the dot product of its tokens. The catalogue's item vectors are computed once per set
-of weights and full ranking is a matrix product, at BPR-MF's cost. Training scores each user
-against shared, in-batch or per-row negatives, as the loss asks.
+:mod:`multirec.models.prototypes`), any other side as the dot product of its tokens. The
+catalogue's item vectors are computed once per set of weights and full ranking is a matrix
+product, at BPR-MF's cost. Training scores each user against shared, in-batch or per-row
+negatives, as the loss asks.
 """
 
 from __future__ import annotations
