@@ -64,6 +64,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         dim: int = 64,
         use_ids: bool = True,
         item_bias: bool = True,
+        popularity_prior: bool = False,
         user_profile: bool = True,
         match: bool = True,
         use_tags: bool = True,

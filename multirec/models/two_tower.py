@@ -69,7 +69,12 @@ class TwoTowerScoring:
             # popularity, as in BPR-MF's x_ui = p_u . q_i + b_i; unseen items share one bias.
             # Apart from the id embeddings: a content-only model ranks by popularity too
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
+        if self.hparams.item_bias or self.hparams.popularity_prior:
             self.unseen_bias = nn.Parameter(torch.zeros(()))
+        if self.hparams.popularity_prior:
+            # beta * log(training share): the popularity model's optimum at beta = 1, known
+            # for every item from the start, so item_bias learns only what departs from it
+            self.log_popularity_weight = nn.Parameter(torch.zeros(()))
 
     def _user_vectors(
         self, users: torch.Tensor, without: torch.Tensor | None = None
@@ -100,10 +105,15 @@ class TwoTowerScoring:
             ],
             dim=1,
         )
+        bias = torch.zeros(len(items), device=self.device)
+        if self.hparams.popularity_prior:
+            share = self.item_log_share[items.cpu()].to(self.device)
+            bias = bias + self.log_popularity_weight.exp() * share
         if self.hparams.item_bias:
-            bias = torch.where(unseen, self.unseen_bias, self.item_bias[items])
-        else:
-            bias = torch.zeros(len(items), device=self.device)
+            bias = bias + self.item_bias[items]
+        if self.hparams.item_bias or self.hparams.popularity_prior:
+            # an unseen item (or one whose id is dropped) has no interactions to go by
+            bias = torch.where(unseen, self.unseen_bias, bias)
         return vec, bias, weights
 
     def _weights_key(self) -> tuple:
