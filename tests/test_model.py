@@ -154,7 +154,7 @@ def test_switched_off_modalities_have_no_parameters(tmp_path):
     assert "item_bias" in popular and not any(n.startswith("item_emb") for n in popular)
 
 
-def test_popularity_prior_is_the_log_training_share_scaled_by_a_learned_weight(tmp_path):
+def test_popularity_prior_is_the_log_training_share_under_the_learned_bias(tmp_path):
     m = model_from(tmp_path, [*TWO_TOWER, "model.popularity_prior=true"])
     # item i has i + 1 training interactions among items 0-5; 6-8 are seen but have none
     counts = np.array([1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0])
@@ -163,24 +163,24 @@ def test_popularity_prior_is_the_log_training_share_scaled_by_a_learned_weight(t
     m.attach_items(items(), sp.csr_matrix((np.ones(len(rows)), (rows, cols)), (N_USERS, N_ITEMS)))
     every = torch.arange(N_ITEMS)
     unseen = m._unseen(every, False)
+    assert unseen.tolist() == [False] * 9 + [True] * 2
     with torch.no_grad():
+        start = m._item_vectors(every, unseen)[1]
         m.item_bias.normal_()
         m.unseen_bias.fill_(-3.0)
-        m.log_popularity_weight.fill_(np.log(2.0))
-        _, bias, _ = m._item_vectors(every, unseen)
-    share = np.log(np.maximum(counts, 0.5) / counts.sum())
-    expected = torch.from_numpy(2.0 * share).float() + m.item_bias.detach()
-    assert unseen.tolist() == [False] * 9 + [True] * 2
-    assert torch.allclose(bias[:9], expected[:9], atol=1e-6)
+        bias = m._item_vectors(every, unseen)[1]
+    share = torch.from_numpy(np.log(np.maximum(counts, 0.5) / counts.sum())).float()
+    # from the start (item biases zero) it ranks the seen items by training popularity
+    assert torch.allclose(start[:9], share[:9], atol=1e-6)
+    assert torch.argsort(start[:9], descending=True)[:6].tolist() == [5, 4, 3, 2, 1, 0]
+    assert torch.allclose(bias[:9], share[:9] + m.item_bias[:9], atol=1e-6)
+    # an unseen item, or (training) a dropped id, gets the shared bias as a whole
     assert (bias[9:] == -3.0).all()
-    # at its start (biases zero, weight 1) it ranks the seen items by training popularity
-    fresh = model_from(tmp_path, [*TWO_TOWER, "model.popularity_prior=true"])
-    fresh.attach_items(items(), m.train_matrix)
+    dropped = torch.zeros(N_ITEMS, dtype=torch.bool)
+    dropped[5] = True
     with torch.no_grad():
-        start = fresh._item_vectors(every, unseen)[1][:9]
-    assert torch.argsort(start, descending=True)[:6].tolist() == [5, 4, 3, 2, 1, 0]
+        assert m._item_vectors(every, dropped)[1][5] == -3.0
     off = model_from(tmp_path, [*TWO_TOWER, "model.popularity_prior=false"])
-    assert not hasattr(off, "log_popularity_weight")
     assert (off._item_vectors(every, unseen)[1] == 0).all()
 
 

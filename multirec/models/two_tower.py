@@ -71,10 +71,6 @@ class TwoTowerScoring:
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
         if self.hparams.item_bias or self.hparams.popularity_prior:
             self.unseen_bias = nn.Parameter(torch.zeros(()))
-        if self.hparams.popularity_prior:
-            # beta * log(training share): the popularity model's optimum at beta = 1, known
-            # for every item from the start, so item_bias learns only what departs from it
-            self.log_popularity_weight = nn.Parameter(torch.zeros(()))
 
     def _user_vectors(
         self, users: torch.Tensor, without: torch.Tensor | None = None
@@ -107,12 +103,16 @@ class TwoTowerScoring:
         )
         bias = torch.zeros(len(items), device=self.device)
         if self.hparams.popularity_prior:
-            share = self.item_log_share[items.cpu()].to(self.device)
-            bias = bias + self.log_popularity_weight.exp() * share
+            # log(training share): the popularity model's optimum, known for every item from
+            # the start, so item_bias learns only what departs from it. Unscaled: a learned
+            # scale falls below 1 in the few epochs early stopping keeps, which ranks the
+            # popular items of a user's minor topics too low
+            bias = self.item_log_share[items.cpu()].to(self.device)
         if self.hparams.item_bias:
             bias = bias + self.item_bias[items]
         if self.hparams.item_bias or self.hparams.popularity_prior:
-            # an unseen item (or one whose id is dropped) has no interactions to go by
+            # an unseen item's count says nothing of its appeal: it gets the shared bias that
+            # dropped ids teach, as a whole, prior included
             bias = torch.where(unseen, self.unseen_bias, bias)
         return vec, bias, weights
 
