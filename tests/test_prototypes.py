@@ -183,3 +183,18 @@ def test_two_tower_agreement_on_prototype_sides_is_the_topic_mixture(tmp_path):
             expected = expected + (p.assign(feats[[5]]) * taste).sum()
     got = (uv[0, -2 * k :] * vec[0, -2 * k :]).sum()
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+def test_an_item_without_features_agrees_as_an_even_share_of_every_prototype(tmp_path):
+    """Item 0 has no valid features: its mixture columns are ``1 / k`` each, so its
+    agreement is the user's mean log taste, not 0 (above most items whose topic is known)."""
+    k = 4
+    m = model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={k}"]).eval()
+    assert not m.items.visual_ok[0] and not m.items.text_ok[0]
+    with torch.no_grad():
+        uv, _ = m._user_vectors(torch.tensor([1]))
+        vec, _, _ = m._item_vectors(torch.tensor([0, 5]), torch.tensor([False, False]))
+    assert torch.equal(vec[0, -2 * k :], torch.full((2 * k,), 1.0 / k))
+    assert not torch.allclose(vec[1, -2 * k :], torch.full((2 * k,), 1.0 / k))
+    taste = uv[0, -2 * k :]
+    assert torch.allclose((taste * vec[0, -2 * k :]).sum(), taste.view(2, k).mean(1).sum())

@@ -202,7 +202,7 @@ class ModalityTokens:
         """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``.
 
         ``assignments``, when given, receives each prototype side's assignments ``[n, k]``
-        (zero for an item without valid features), which the two-tower topic mixture reads.
+        (even for an item without valid features), which the two-tower topic mixture reads.
         """
         assert self.items is not None, "call attach_items() first"
         it = self.items
@@ -221,7 +221,10 @@ class ModalityTokens:
                 q = proj.assign(self._reduced(side)[items])
                 tok = proj.out(q)
                 if assignments is not None:
-                    assignments[side] = q * ok
+                    # no features, no topic evidence: an even share of every prototype, so
+                    # its agreement is the user's mean log taste, not the 0 above every
+                    # item whose topic is known (log tastes are mostly negative)
+                    assignments[side] = torch.where(ok, q, 1.0 / q.shape[1])
             else:
                 tok = proj(getattr(it, side)[idx].to(dev, torch.float32))
             out.append(torch.where(ok, tok, getattr(self, f"{side}_missing").expand_as(tok)))
