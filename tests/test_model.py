@@ -174,12 +174,20 @@ def test_popularity_prior_is_the_log_training_share_under_the_learned_bias(tmp_p
     assert torch.allclose(start[:9], share[:9], atol=1e-6)
     assert torch.argsort(start[:9], descending=True)[:6].tolist() == [5, 4, 3, 2, 1, 0]
     assert torch.allclose(bias[:9], share[:9] + m.item_bias[:9], atol=1e-6)
-    # an unseen item, or (training) a dropped id, gets the shared bias as a whole
+    # an unseen item, or (training) a dropped id, gets the shared bias as a whole, plus a
+    # guess from its content (zero at the start)
     assert (bias[9:] == -3.0).all()
     dropped = torch.zeros(N_ITEMS, dtype=torch.bool)
     dropped[5] = True
     with torch.no_grad():
         assert m._item_vectors(every, dropped)[1][5] == -3.0
+        m.eval()  # no dropout: the two passes below see the same fused vectors
+        m.unseen_popularity.weight.normal_()
+        fused = m.item_fusion(torch.stack(m._item_tokens(every, unseen), dim=1))[0]
+        guess = -3.0 + m.unseen_popularity(fused).squeeze(-1)
+        bias = m._item_vectors(every, unseen)[1]
+    assert torch.allclose(bias[9:], guess[9:], atol=1e-6) and guess[9] != guess[10]
+    assert torch.allclose(bias[:9], share[:9] + m.item_bias[:9], atol=1e-6)
     off = model_from(tmp_path, [*TWO_TOWER, "model.popularity_prior=false"])
     assert (off._item_vectors(every, unseen)[1] == 0).all()
 

@@ -9,10 +9,11 @@ item-side tokens (id, cover, text, tag, counts). A modality switched off has no 
   and the item's tokens together and an MLP head gives a logit, so every (user, item) pair runs
   the fusion -- about 33k scores/s on two cores, hours for a real catalogue's full ranking.
 * ``two_tower``: the fusion runs over the item-side tokens into one item vector and over the
-  user-side tokens into one user vector; the score is their dot product plus an item bias and,
-  with ``match``, per-modality agreement (user id and mean history with item id, visual profile
-  with cover, text profile with text; a prototype side as a topic mixture, the log of the
-  user's smoothed share of the item's prototype). All of it is one dot product of
+  user-side tokens into one user vector; the score is their dot product plus an item bias (on
+  the log of the item's training share, with ``popularity_prior``) and, with ``match``,
+  per-modality agreement (user id and mean history with item id, visual profile with cover,
+  text profile with text; a prototype side as a topic mixture, the log of the user's
+  smoothed share of the item's prototype). All of it is one dot product of
   concatenated vectors, so the whole catalogue's item vectors are computed once per set of
   weights and full ranking is a matrix product, at BPR-MF's cost. The id agreement is matrix
   factorisation itself, so the id path is never weaker than BPR-MF's model; content adds to

@@ -71,6 +71,9 @@ class TwoTowerScoring:
             self.item_bias = nn.Parameter(torch.zeros(self.hparams.n_items))
         if self.hparams.item_bias or self.hparams.popularity_prior:
             self.unseen_bias = nn.Parameter(torch.zeros(()))
+            # an unseen item's popularity guessed from its fused content (dropped ids teach it)
+            self.unseen_popularity = nn.Linear(self.item_fusion.out_dim, 1, bias=False)
+            nn.init.zeros_(self.unseen_popularity.weight)
 
     def _user_vectors(
         self, users: torch.Tensor, without: torch.Tensor | None = None
@@ -111,9 +114,13 @@ class TwoTowerScoring:
         if self.hparams.item_bias:
             bias = bias + self.item_bias[items]
         if self.hparams.item_bias or self.hparams.popularity_prior:
-            # an unseen item's count says nothing of its appeal: it gets the shared bias that
-            # dropped ids teach, as a whole, prior included
-            bias = torch.where(unseen, self.unseen_bias, bias)
+            # an unseen item's count says nothing of its appeal: in place of the whole bias,
+            # prior included, a guess from its content. With the prior, the content towers
+            # are no longer pushed to encode popularity for seen items, and a shared bias
+            # alone left cold items ranked by topic only (below ContentKNN, which
+            # test_learning's cold-item check caught)
+            guess = self.unseen_bias + self.unseen_popularity(fused).squeeze(-1)
+            bias = torch.where(unseen, guess, bias)
         return vec, bias, weights
 
     def _weights_key(self) -> tuple:
