@@ -115,10 +115,9 @@ class TwoTowerScoring:
             bias = bias + self.item_bias[items]
         if self.hparams.item_bias or self.hparams.popularity_prior:
             # an unseen item's count says nothing of its appeal: in place of the whole bias,
-            # prior included, a guess from its content. With the prior, the content towers
-            # are no longer pushed to encode popularity for seen items, and a shared bias
-            # alone left cold items ranked by topic only (below ContentKNN, which
-            # test_learning's cold-item check caught)
+            # prior included, a guess from its content. With the prior nothing else pushes
+            # the content towers to encode popularity, and a shared bias alone would rank
+            # cold items by topic only (below ContentKNN on the learning tests' cold items)
             guess = self.unseen_bias + self.unseen_popularity(fused).squeeze(-1)
             bias = torch.where(unseen, guess, bias)
         return vec, bias, weights
