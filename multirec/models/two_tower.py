@@ -104,13 +104,14 @@ class TwoTowerScoring:
             ],
             dim=1,
         )
-        bias = torch.zeros(len(items), device=self.device)
         if self.hparams.popularity_prior:
             # log(training share): the popularity model's optimum, known for every item from
             # the start, so item_bias learns only what departs from it. Unscaled: a learned
             # scale falls below 1 in the few epochs early stopping keeps, which ranks the
             # popular items of a user's minor topics too low
             bias = self.item_log_share[items.cpu()].to(self.device)
+        else:
+            bias = torch.zeros(len(items), device=self.device)
         if self.hparams.item_bias:
             bias = bias + self.item_bias[items]
         if self.hparams.item_bias or self.hparams.popularity_prior:
