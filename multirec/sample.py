@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> None:
         seed=cfg.seed,
         misleading_share=cfg.misleading_share,
         broken_share=cfg.broken_share,
+        vague_share=cfg.vague_share,
         covers=cfg.covers,
     )
     print(f"sample {cfg.size} (seed {cfg.seed}) written to {out}")

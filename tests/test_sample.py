@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +15,15 @@ from PIL import Image
 
 from multirec.data.kcore import kcore_mask
 from multirec.data.pixelrec import COUNT_COLUMNS
-from multirec.data.synthetic import COVER_DEFECTS, PRESETS, generate_sample, read_world, rendering
+from multirec.data.synthetic import (
+    COVER_DEFECTS,
+    PRESETS,
+    generate_sample,
+    is_current,
+    read_world,
+    rendering,
+)
+from multirec.data.synthetic.item_text import _FILLER, _GENERIC_TAGS
 from multirec.errors import ConfigError, MultirecError
 from tests.conftest import compose_cfg
 
@@ -64,7 +73,7 @@ def test_files_and_columns_are_pixelrec(tiny):
     header = (tiny / "item_info.csv").read_text().splitlines()[0]
     assert header == ",".join(["item_id", *COUNT_COLUMNS, "title", "tag", "description"])
     assert (tiny / "_topics.csv").read_text().splitlines()[0] == (
-        "item_id,topic,cover_topic,misleading,cover_defect"
+        "item_id,topic,cover_topic,misleading,vague_text,cover_defect"
     )
 
 
@@ -165,6 +174,47 @@ def test_text_follows_item_topic(tables):
     assert (topic[nearest] == topic[has_text]).mean() > 0.9
 
 
+def test_vague_share_rewrites_only_that_share_of_texts_and_nothing_else(tmp_path):
+    plain = generate_sample(
+        tmp_path / "plain", "tiny", broken_share=0, covers=False, progress=False
+    )
+    vague = generate_sample(
+        tmp_path / "vague", "tiny", broken_share=0, vague_share=0.25, covers=False, progress=False
+    )
+    assert (plain / "interactions.csv").read_bytes() == (vague / "interactions.csv").read_bytes()
+    before = pl.read_csv(plain / "item_info.csv")
+    after = pl.read_csv(vague / "item_info.csv")
+    marks = pl.read_csv(vague / "_topics.csv")["vague_text"].to_numpy()
+    assert marks.sum() == round(0.25 * PRESETS["tiny"].n_items)
+    assert not pl.read_csv(plain / "_topics.csv")["vague_text"].any()
+    for column in ("title", "tag", "description"):
+        assert (before[column].to_numpy()[~marks] == after[column].to_numpy()[~marks]).all()
+    filler = set(_FILLER)
+    for title, tag, description in (
+        after.filter(pl.Series(marks)).select("title", "tag", "description").iter_rows()
+    ):
+        assert set(f"{title} {description}".split()) <= filler
+        assert tag in _GENERIC_TAGS
+    assert read_world(vague).vague_text.sum() == marks.sum()
+
+
+def test_is_current_compares_settings_and_the_preset(tmp_path, monkeypatch):
+    root = generate_sample(tmp_path / "s", "tiny", seed=3, covers=False, progress=False)
+    assert is_current(root, size="tiny", seed=3, vague_share=None)
+    assert not is_current(root, size="tiny", seed=4)
+    assert not is_current(root, size="tiny", seed=3, vague_share=0.1)
+    vague = generate_sample(
+        tmp_path / "v", "tiny", seed=3, vague_share=0.1, covers=False, progress=False
+    )
+    assert is_current(vague, size="tiny", seed=3, vague_share=0.1)
+    assert not is_current(vague, size="tiny", seed=3)  # not the preset's sample
+    assert not is_current(tmp_path / "nothing", size="tiny", seed=3)
+    # a sample drawn before its preset changed is not the one the preset now gives
+    changed = dict(PRESETS, tiny=dataclasses.replace(PRESETS["tiny"], vague_share=0.2))
+    monkeypatch.setattr("multirec.data.synthetic.generate.PRESETS", changed)
+    assert not is_current(root, size="tiny", seed=3)
+
+
 def test_covers_follow_cover_topic_and_misleading_share(tiny, tables):
     _, _, topics = tables
     assert topics["misleading"].sum() == round(PRESETS["tiny"].misleading_share * len(topics))
@@ -260,6 +310,7 @@ def test_refuses_foreign_directory_and_replaces_its_own(tmp_path):
         ({"size": "huge"}, "valid sizes: tiny, mini, small, pixelrec50k"),
         ({"broken_share": 1.5}, "broken_share"),
         ({"misleading_share": "lots"}, "misleading_share"),
+        ({"vague_share": -0.1}, "vague_share"),
         ({"seed": -1}, "seed"),
     ],
 )

@@ -7,7 +7,6 @@ and extraction when the encoder's feature cache does.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -32,11 +31,12 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
     """Generate the configured synthetic sample into ``cfg.root`` unless an identical one is there.
 
     The generator records its settings in ``_sample.json``; a sample made with other
-    settings (say another seed) is regenerated rather than silently reused.
+    settings (say another seed), or before its preset changed, is regenerated rather than
+    silently reused.
     """
     if cfg.sample is None:
         return
-    from multirec.data.synthetic import generate_sample
+    from multirec.data.synthetic import generate_sample, is_current
 
     root = Path(cfg.root)
     sample = (
@@ -44,12 +44,9 @@ def ensure_sample(cfg: DataConfig, progress: bool = True) -> None:
         if isinstance(cfg.sample, DictConfig)
         else dict(cfg.sample)
     )
-    record = root / "_sample.json"
     inputs = build_reader(cfg.reader).inputs(root).values()
-    if all(p.exists() for p in inputs) and record.is_file():
-        made = json.loads(record.read_text())
-        if all(made.get(k) == v for k, v in sample.items() if v is not None):
-            return
+    if all(p.exists() for p in inputs) and is_current(root, **sample):
+        return
     log.info("generating sample %s into %s", sample, root)
     generate_sample(root, progress=progress, **sample)
 

@@ -11,6 +11,9 @@ is generated from latent topics:
 * its cover is drawn with the topic's pattern, palette and shape plus per-item jitter and
   noise (:mod:`.cover_art`); a share of covers is *misleading* (drawn in another topic's
   style, the paper's "clickbait thumbnail"), so images carry less signal than text;
+* a *vague* share of items has titles, tags and descriptions of filler words only ("my
+  daily vlog part"), as many real titles are: for those the cover is the only content that
+  shows the topic, so covers add something the texts lack and an ablation can show it;
 * users prefer a few topics: about 85 % of their interactions fall in them, the rest is
   popularity-driven noise (:mod:`.interactions`); item popularity is Zipf-like within each
   topic;
@@ -34,7 +37,7 @@ Output directory (PixelRec's layout, see ``docs/own-data.md``)::
     item_info.csv      item_id,view_number,...,barrage_number,title,tag,description
     covers/            {item_id}.jpg, some {item_id}.png (absent when covers=False)
     _topics.csv        ground truth for analysis, not part of PixelRec:
-                       item_id,topic,cover_topic,misleading,cover_defect
+                       item_id,topic,cover_topic,misleading,vague_text,cover_defect
                        (cover_defect: empty, or one of COVER_DEFECTS)
     _sample.json       the generator's settings and counts, so callers can tell whether an
                        existing sample matches what they asked for
@@ -45,7 +48,14 @@ from ``(seed, stream id)`` and each cover from ``(seed, stream id, item index)``
 """
 
 from multirec.data.synthetic.defects import COVER_DEFECTS
-from multirec.data.synthetic.generate import generate_sample, read_world
+from multirec.data.synthetic.generate import generate_sample, is_current, read_world
 from multirec.data.synthetic.presets import PRESETS, SamplePreset
 
-__all__ = ["COVER_DEFECTS", "PRESETS", "SamplePreset", "generate_sample", "read_world"]
+__all__ = [
+    "COVER_DEFECTS",
+    "PRESETS",
+    "SamplePreset",
+    "generate_sample",
+    "is_current",
+    "read_world",
+]

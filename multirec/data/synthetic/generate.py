@@ -30,6 +30,7 @@ def generate_sample(
     seed: int = 0,
     misleading_share: float | None = None,
     broken_share: float | None = None,
+    vague_share: float | None = None,
     covers: bool = True,
     progress: bool = True,
 ) -> Path:
@@ -48,11 +49,12 @@ def generate_sample(
     preset = PRESETS[size]
     misleading = _share("misleading_share", misleading_share, preset.misleading_share)
     broken = _share("broken_share", broken_share, preset.broken_share)
+    vague = _share("vague_share", vague_share, preset.vague_share)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
 
     out = Path(out)
-    world = build_world(preset, seed, misleading, broken)
+    world = build_world(preset, seed, misleading, broken, vague)
     with atomic_dir(out) as tmp:
         write_tables(tmp, world)
         if covers:
@@ -62,6 +64,7 @@ def generate_sample(
             "seed": seed,
             "misleading_share": misleading,
             "broken_share": broken,
+            "vague_share": vague,
             "covers": covers,
         }
         meta = _metadata(settings, preset, world)
@@ -75,6 +78,27 @@ def generate_sample(
         len(world.inter_user),
     )
     return out
+
+
+SHARES = ("misleading_share", "broken_share", "vague_share")
+
+
+def is_current(root: Path, size: str = "small", **settings: Any) -> bool:
+    """Whether ``root`` holds what :func:`generate_sample` would write there for ``size`` and
+    ``settings``: its record names the same settings, a share left out or None meaning the
+    preset's (so a sample written with other shares is not taken for the preset's), and
+    the preset as it is defined now (so one drawn before a preset changed is not reused)."""
+    try:
+        made = json.loads((Path(root) / "_sample.json").read_text())
+    except (OSError, ValueError):
+        return False
+    preset = PRESETS.get(size)
+    if preset is None or made.get("size") != size or made.get("preset") != asdict(preset):
+        return False
+    wanted = {k: v for k, v in settings.items() if v is not None}
+    for share in SHARES:
+        wanted.setdefault(share, getattr(preset, share))
+    return all(made.get(k) == v for k, v in wanted.items())
 
 
 def read_world(root: Path) -> World:
@@ -99,7 +123,11 @@ def read_world(root: Path) -> World:
     if meta.get("size") not in PRESETS:
         raise ConfigError(f"{path}: unknown sample size {meta.get('size')!r}")
     return build_world(
-        PRESETS[meta["size"]], meta["seed"], meta["misleading_share"], meta["broken_share"]
+        PRESETS[meta["size"]],
+        meta["seed"],
+        meta["misleading_share"],
+        meta["broken_share"],
+        meta.get("vague_share", 0.0),  # a record without it: a sample without vague texts
     )
 
 

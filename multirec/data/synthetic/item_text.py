@@ -29,16 +29,23 @@ _ROOTS_PER_TOPIC = 4
 _WORDS_PER_TOPIC = 40
 _TAGS_PER_TOPIC = 2  # an item takes its topic's first tag, or with 30 % its second
 
-Texts = tuple[list[str | None], list[str | None], list[str | None]]
+# titles, tags, descriptions, and which items' texts are vague
+Texts = tuple[list[str | None], list[str | None], list[str | None], np.ndarray]
 
 
 def item_texts(
-    rng: np.random.Generator, item_topic: np.ndarray, n_topics: int, broken: float
+    rng: np.random.Generator,
+    vague_rng: np.random.Generator,
+    item_topic: np.ndarray,
+    n_topics: int,
+    broken: float,
+    vague: float,
 ) -> Texts:
     """Titles (70 % topic words), tags (85 % the topic's), descriptions (55 % topic words).
 
-    With ``broken > 0`` some items lose their text and some descriptions get HTML
-    (:func:`~multirec.data.synthetic.defects.break_texts`).
+    A ``vague`` share of items, drawn from ``vague_rng``, gets text of filler words and a
+    generic tag only (:func:`_make_vague`). With ``broken > 0`` some items lose their text
+    and some descriptions get HTML (:func:`~multirec.data.synthetic.defects.break_texts`).
     """
     words, topic_tags = _vocabularies(rng, n_topics)
     vocab = np.array([*(w for ws in words for w in ws), *_FILLER], dtype=object)
@@ -51,9 +58,40 @@ def item_texts(
     own = item_topic * _TAGS_PER_TOPIC + (rng.random(n) < 0.3)
     tag_idx = np.where(rng.random(n) < 0.85, own, rng.integers(0, len(all_tags), n))
     tags: list[str | None] = list(all_tags[tag_idx])
+    is_vague = _make_vague(vague_rng, vocab, titles, tags, descriptions, vague)
     if broken > 0:
         break_texts(rng, titles, tags, descriptions, broken)
-    return titles, tags, descriptions
+    return titles, tags, descriptions, is_vague
+
+
+def _make_vague(
+    rng: np.random.Generator,
+    vocab: np.ndarray,
+    titles: list[str | None],
+    tags: list[str | None],
+    descriptions: list[str | None],
+    vague: float,
+) -> np.ndarray:
+    """Rewrite a ``vague`` share of items' texts from filler words and generic tags alone;
+    return which items (bool).
+
+    Such titles ("my daily vlog part") say nothing of the topic; only the cover (or the
+    item's interactions) shows it. Without them the covers would repeat what the texts
+    already say, and a sample could not show whether fusing the two helps. Edits the lists
+    in place.
+    """
+    n = len(titles)
+    is_vague = np.zeros(n, dtype=bool)
+    chosen = rng.choice(n, round(vague * n), replace=False)
+    is_vague[chosen] = True
+    no_topic = np.zeros(len(chosen), dtype=np.int64)  # topic_share 0: every word is filler
+    titles_new = _sentences(rng, vocab, no_topic, rng.integers(3, 8, len(chosen)), 0.0)
+    descriptions_new = _sentences(rng, vocab, no_topic, rng.integers(8, 25, len(chosen)), 0.0)
+    generic = rng.integers(0, len(_GENERIC_TAGS), len(chosen))
+    for k, i in enumerate(chosen):
+        titles[i], descriptions[i] = titles_new[k], descriptions_new[k]
+        tags[i] = _GENERIC_TAGS[generic[k]]
+    return is_vague
 
 
 def _vocabularies(

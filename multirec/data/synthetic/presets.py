@@ -19,6 +19,7 @@ class SamplePreset:
     cover_size: int  # pixels, square
     misleading_share: float = 0.3
     broken_share: float = 0.02
+    vague_share: float = 0.0
 
 
 PRESETS: dict[str, SamplePreset] = {

@@ -22,6 +22,7 @@ TEXT = 8
 COUNTS = 9
 STYLES = 10
 COVERS = 11
+VAGUE_TEXT = 12  # which items' texts say nothing of their topic
 
 
 def stream(seed: int, stream_id: int, *index: int) -> np.random.Generator:

@@ -31,6 +31,7 @@ def write_tables(root: Path, world: World) -> None:
             "topic": world.item_topic[order],
             "cover_topic": world.cover_topic[order],
             "misleading": world.item_topic[order] != world.cover_topic[order],
+            "vague_text": world.vague_text[order],
             "cover_defect": pl.Series(world.cover_defect[order]).replace("", None),
         }
     ).write_csv(root / "_topics.csv")

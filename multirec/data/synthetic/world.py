@@ -36,14 +36,17 @@ class World:
     inter_item: np.ndarray
     inter_time: np.ndarray
     styles: dict[str, np.ndarray]
+    vague_text: np.ndarray  # bool: the item's title, tag and description carry no topic
     titles: list[str | None]
     tags: list[str | None]
     descriptions: list[str | None]
     counts: dict[str, np.ndarray]  # float with NaN for missing
 
 
-def build_world(preset: SamplePreset, seed: int, misleading: float, broken: float) -> World:
-    """Draw a sample of ``preset``'s size with the given misleading and broken shares."""
+def build_world(
+    preset: SamplePreset, seed: int, misleading: float, broken: float, vague: float
+) -> World:
+    """Draw a sample of ``preset``'s size with the given misleading, broken and vague shares."""
     n_items, n_users, n_topics = preset.n_items, preset.n_users, preset.n_topics
     item_ids, user_ids = _ids(streams.stream(seed, streams.IDS), n_items, n_users)
 
@@ -61,8 +64,13 @@ def build_world(preset: SamplePreset, seed: int, misleading: float, broken: floa
     cover_topic = _cover_topics(cover_rng, item_topic, n_topics, misleading)
     cover_defect, cover_png = choose_cover_defects(cover_rng, n_items, broken)
 
-    titles, tags, descriptions = item_texts(
-        streams.stream(seed, streams.TEXT), item_topic, n_topics, broken
+    titles, tags, descriptions, vague_text = item_texts(
+        streams.stream(seed, streams.TEXT),
+        streams.stream(seed, streams.VAGUE_TEXT),
+        item_topic,
+        n_topics,
+        broken,
+        vague,
     )
     return World(
         item_ids=item_ids,
@@ -76,6 +84,7 @@ def build_world(preset: SamplePreset, seed: int, misleading: float, broken: floa
         inter_item=items,
         inter_time=times,
         styles=topic_styles(streams.stream(seed, streams.STYLES), n_topics),
+        vague_text=vague_text,
         titles=titles,
         tags=tags,
         descriptions=descriptions,
