@@ -130,17 +130,21 @@ def test_bad_settings_are_one_line(tmp_path):
 
 
 def test_switched_off_modalities_have_no_parameters(tmp_path):
-    text_only = model_from(tmp_path, PAIRWISE, visual=False)
+    joint = model_from(tmp_path, PAIRWISE)
+    assert joint.item_modalities == ["item", "content", "tag", "numeric"]
+    assert not any(hasattr(joint, f"{m}_proj") for m in ("visual", "text"))
+    per_side = [*PAIRWISE, "model.joint_prototypes=false"]
+    text_only = model_from(tmp_path, per_side, visual=False)
     assert "visual" not in text_only.modalities and not hasattr(text_only, "visual_proj")
     assert not any("visual" in n for n, _ in text_only.named_parameters())
-    visual_only = model_from(tmp_path, PAIRWISE, text=False)
+    visual_only = model_from(tmp_path, per_side, text=False)
     assert "text" not in visual_only.modalities and not hasattr(visual_only, "text_proj")
-    no_ids = model_from(tmp_path, [*PAIRWISE, "model.use_ids=false"])
+    no_ids = model_from(tmp_path, [*per_side, "model.use_ids=false"])
     assert not hasattr(no_ids, "user_emb") and not hasattr(no_ids, "item_emb")
     assert no_ids.user_modalities == ["user_visual", "user_text"]
     out = no_ids(torch.tensor([0, 1]), torch.tensor([[9, 10], [9, 10]]))
     assert torch.isfinite(out).all()
-    paper = model_from(tmp_path, [*PAIRWISE, "model.user_profile=false"])
+    paper = model_from(tmp_path, [*per_side, "model.user_profile=false"])
     assert paper.modalities == ["user", "item", "visual", "text", "tag", "numeric"]
     with pytest.raises(MultirecError, match="no user-side token"):
         model_from(tmp_path, ["model.use_ids=false", "model.user_profile=false"])
@@ -435,9 +439,9 @@ def test_two_tower_user_leaves_the_positive_out_of_history_and_profiles(tmp_path
     emb = m.item_emb.weight.detach()
     assert torch.allclose(toks["user_history"][0], (emb[2] + emb[3]) / 2, atol=1e-6)
     if prototypes:  # the mean of the other items' assignments, mapped as an item's is
-        p = m.visual_proj
-        rest = p.assign(m.items.visual[[2, 3]].float()).mean(0)
-        assert torch.allclose(toks["user_visual"][0], p.out(rest), atol=1e-5)
+        p = m.content_proj  # cover and text share the prototypes
+        rest = p.assign(m._reduced("content")[[2, 3]]).mean(0)
+        assert torch.allclose(toks["user_content"][0], p.out(rest), atol=1e-5)
     else:  # the other items' mean features, projected as an item's are
         rest = m.items.visual[[2, 3]].float().mean(0)
         assert torch.allclose(toks["user_visual"][0], m.visual_proj(rest), atol=1e-2)

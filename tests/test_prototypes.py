@@ -28,7 +28,7 @@ def test_kmeans_start_finds_the_clusters_and_assignments_are_distributions():
     torch.manual_seed(0)
     x, labels = clustered()
     proj = PrototypeProjection(8, 3, dim=5)
-    proj.initialise(x, torch.ones(len(x), dtype=torch.bool))
+    proj.initialise(x.__getitem__, torch.ones(len(x), dtype=torch.bool))
     a = proj.assign(x)
     assert torch.allclose(a.sum(1), torch.ones(len(x))) and (a >= 0).all()
     nearest = a.argmax(1)
@@ -46,7 +46,7 @@ def test_wide_features_are_clustered_on_an_orthonormal_basis_of_their_leading_di
     x, labels = clustered(dim=16)
     proj = PrototypeProjection(16, 3, dim=4)
     assert proj.basis.shape == (16, 5) and proj.centroids.shape == (3, 5)
-    proj.initialise(x, torch.ones(len(x), dtype=torch.bool))
+    proj.initialise(x.__getitem__, torch.ones(len(x), dtype=torch.bool))
     b = proj.basis
     assert torch.allclose(b.T @ b, torch.eye(5), atol=1e-5)
     # the three cluster directions and the shared offset lie in the basis' span
@@ -57,17 +57,30 @@ def test_wide_features_are_clustered_on_an_orthonormal_basis_of_their_leading_di
     assert all(len(o) == 1 for o in owners) and len(set().union(*owners)) == 3, owners
 
 
-def test_the_models_reduced_features_follow_a_loaded_basis(tmp_path, monkeypatch):
+def unit(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=1) * ok.unsqueeze(1)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_the_models_reduced_features_follow_a_loaded_basis(tmp_path, monkeypatch, joint):
     """Training attaches the items before a resumed or best state is loaded: the features on
-    the basis must be those of the basis the model ends up with, not the one it started."""
+    the basis must be those of the basis the model ends up with, not the one it started.
+    Joint prototypes see the text and the cover, each of unit length (zero where missing)."""
     monkeypatch.setattr(prototypes, "BASIS_DIM", 4)
-    m = model_from(tmp_path, [*TWO_TOWER, "model.prototypes=3"])
-    feats = m.items.visual.float()
-    assert torch.allclose(m._reduced("visual"), feats @ m.visual_proj.basis, atol=1e-5)
+    m = model_from(tmp_path, [*TWO_TOWER, "model.prototypes=3", f"model.joint_prototypes={joint}"])
+    it = m.items
+    side = "content" if joint else "visual"
+    feats = (
+        torch.cat([unit(it.text, it.text_ok), unit(it.visual, it.visual_ok)], dim=1)
+        if joint
+        else it.visual.float()
+    )
+    proj = m._projection(side)
+    assert torch.allclose(m._reduced(side), feats @ proj.basis, atol=1e-5)
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    state["visual_proj.basis"] = torch.linalg.qr(torch.randn(feats.shape[1], 4)).Q
+    state[f"{side}_proj.basis"] = torch.linalg.qr(torch.randn(feats.shape[1], 4)).Q
     m.load_state_dict(state)
-    assert torch.allclose(m._reduced("visual"), feats @ state["visual_proj.basis"], atol=1e-5)
+    assert torch.allclose(m._reduced(side), feats @ state[f"{side}_proj.basis"], atol=1e-5)
 
 
 def test_random_prototypes_do_not_find_them():
@@ -82,21 +95,23 @@ def test_random_prototypes_do_not_find_them():
 def test_the_start_happens_once():
     x, _ = clustered()
     proj = PrototypeProjection(8, 3, dim=5)
-    proj.initialise(x, torch.ones(len(x), dtype=torch.bool))
+    proj.initialise(x.__getitem__, torch.ones(len(x), dtype=torch.bool))
     first = proj.centroids.detach().clone()
-    proj.initialise(torch.randn(60, 8), torch.ones(60, dtype=torch.bool))
+    proj.initialise(torch.randn(60, 8).__getitem__, torch.ones(60, dtype=torch.bool))
     assert torch.equal(proj.centroids, first)
 
 
 def test_fewer_items_than_prototypes_start_as_copies_and_none_is_refused():
     x, _ = clustered(n_per=1)
     proj = PrototypeProjection(8, 5, dim=4)
-    proj.initialise(x, torch.ones(len(x), dtype=torch.bool))
+    proj.initialise(x.__getitem__, torch.ones(len(x), dtype=torch.bool))
     rows = torch.nn.functional.normalize(x, dim=1)
     for c in proj.centroids.detach():
         assert torch.isclose(rows @ c, torch.tensor(1.0), atol=1e-5).any()
     with pytest.raises(ConfigError, match="model.prototypes"):
-        PrototypeProjection(8, 3, dim=4).initialise(x, torch.zeros(len(x), dtype=torch.bool))
+        PrototypeProjection(8, 3, dim=4).initialise(
+            x.__getitem__, torch.zeros(len(x), dtype=torch.bool)
+        )
 
 
 def test_a_loaded_model_keeps_its_prototypes(tmp_path):
@@ -105,12 +120,12 @@ def test_a_loaded_model_keeps_its_prototypes(tmp_path):
     overrides = [*TWO_TOWER, "model.prototypes=4"]
     trained = model_from(tmp_path, overrides)
     with torch.no_grad():
-        trained.visual_proj.centroids.add_(1.0)  # as training moves them
+        trained.content_proj.centroids.add_(1.0)  # as training moves them
     state = trained.state_dict()
     loaded = model_from(tmp_path, overrides)
     loaded.load_state_dict(state)
     loaded.attach_items(trained.items, trained.profile_history)
-    assert torch.equal(loaded.visual_proj.centroids, trained.visual_proj.centroids)
+    assert torch.equal(loaded.content_proj.centroids, trained.content_proj.centroids)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])
@@ -159,42 +174,50 @@ def test_a_left_out_item_outside_the_history_keeps_the_taste_finite(tmp_path):
     uv, _ = m._user_vectors(torch.tensor([0, 0]), torch.tensor([7, 8]))
     assert torch.isfinite(uv).all()
     history = m._profile_items(torch.tensor([0]), torch.tensor([8]))
-    total, count = m._assignment_sum("visual", m.visual_proj, *history, 1)
+    total, count = m._assignment_sum("content", m.content_proj, *history, 1)
     assert count.item() == 6 and (total >= 0).all()
 
 
-def test_two_tower_agreement_on_prototype_sides_is_the_topic_mixture(tmp_path):
+@pytest.mark.parametrize(("joint", "sides"), [(False, ["visual", "text"]), (True, ["content"])])
+def test_two_tower_agreement_on_prototype_sides_is_the_topic_mixture(tmp_path, joint, sides):
     """The score's prototype columns are ``sum over sides of q_i . log_taste(user)``, with
-    the user's history (positive left out) behind the taste."""
+    the user's history (positive left out) behind the taste; joint prototypes are one side."""
     k = 4
-    m = model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={k}"]).eval()
+    overrides = [*TWO_TOWER, f"model.prototypes={k}", f"model.joint_prototypes={joint}"]
+    m = model_from(tmp_path, overrides).eval()
     train = sp.csr_matrix(
         (np.ones(3), ([0, 0, 0], [1, 2, 3])), shape=(N_USERS, N_ITEMS), dtype=np.float32
     )
     m.attach_items(m.items, train)
-    assert m.mixture_sides == ["visual", "text"]
+    assert m.mixture_sides == sides
     with torch.no_grad():
         uv, _ = m._user_vectors(torch.tensor([0]), torch.tensor([1]))
         vec, _, _ = m._item_vectors(torch.tensor([5]), torch.tensor([False]))
         expected = torch.tensor(0.0)
         for side in m.mixture_sides:
-            p, feats = m._projection(side), getattr(m.items, side).float()
+            p, feats = m._projection(side), m._reduced(side)
             taste = p.log_taste(p.assign(feats[[2, 3]]).sum(0, keepdim=True), torch.tensor([[2.0]]))
             expected = expected + (p.assign(feats[[5]]) * taste).sum()
-    got = (uv[0, -2 * k :] * vec[0, -2 * k :]).sum()
+    width = len(sides) * k
+    got = (uv[0, -width:] * vec[0, -width:]).sum()
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
 
 
-def test_an_item_without_features_agrees_as_an_even_share_of_every_prototype(tmp_path):
+@pytest.mark.parametrize(("joint", "n_sides"), [(False, 2), (True, 1)])
+def test_an_item_without_features_agrees_as_an_even_share_of_every_prototype(
+    tmp_path, joint, n_sides
+):
     """Item 0 has no valid features: its mixture columns are ``1 / k`` each, so its
     agreement is the user's mean log taste, not 0 (above most items whose topic is known)."""
     k = 4
-    m = model_from(tmp_path, [*TWO_TOWER, f"model.prototypes={k}"]).eval()
+    overrides = [*TWO_TOWER, f"model.prototypes={k}", f"model.joint_prototypes={joint}"]
+    m = model_from(tmp_path, overrides).eval()
     assert not m.items.visual_ok[0] and not m.items.text_ok[0]
     with torch.no_grad():
         uv, _ = m._user_vectors(torch.tensor([1]))
         vec, _, _ = m._item_vectors(torch.tensor([0, 5]), torch.tensor([False, False]))
-    assert torch.equal(vec[0, -2 * k :], torch.full((2 * k,), 1.0 / k))
-    assert not torch.allclose(vec[1, -2 * k :], torch.full((2 * k,), 1.0 / k))
-    taste = uv[0, -2 * k :]
-    assert torch.allclose((taste * vec[0, -2 * k :]).sum(), taste.view(2, k).mean(1).sum())
+    width = n_sides * k
+    assert torch.equal(vec[0, -width:], torch.full((width,), 1.0 / k))
+    assert not torch.allclose(vec[1, -width:], torch.full((width,), 1.0 / k))
+    taste = uv[0, -width:]
+    assert torch.allclose((taste * vec[0, -width:]).sum(), taste.view(n_sides, k).mean(1).sum())

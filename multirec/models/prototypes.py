@@ -8,6 +8,12 @@ information bottleneck of K soft categories. The prototypes start as spherical k
 centroids of the catalogue's own features (no labels), so the categories the content forms
 by itself are there from the first step, and training moves them where interactions ask.
 
+With both encoders the prototypes are, by default, one set over cover and text together
+(``model.joint_prototypes``; each feature of unit length, side by side): an item then has
+one category from both. Per side, a vague title put its item in a category of vague titles,
+which every user shares a little of, and the cover's agreement, added on top, could not
+lift it back; and where title and cover agree, two sides counted one piece of evidence twice.
+
 A user's profile on the same side is the mean of their history's assignments (their share
 of each category), which the user tower maps to a token as items' are: per step, over the
 batch users' histories, so a training positive can be left out of its own user's profile.
@@ -25,6 +31,7 @@ cannot express.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -90,11 +97,13 @@ class PrototypeProjection(nn.Module):
         return taste * self.log_strength.exp()
 
     @torch.no_grad()
-    def initialise(self, feats: torch.Tensor, valid: torch.Tensor) -> None:
+    def initialise(
+        self, rows_of: Callable[[torch.Tensor], torch.Tensor], valid: torch.Tensor
+    ) -> None:
         """The basis (leading right singular vectors of the unit feature rows) and, on the
-        reduced rows, spherical k-means of the catalogue's features ``feats`` (rows where
-        ``valid``) as the centroids. Both run on at most ``KMEANS_ROWS`` of those rows, drawn
-        with torch's generator (the run's seed), so memory stays bounded whatever the
+        reduced rows, spherical k-means of the catalogue's features (``rows_of(indices)``
+        gives the rows of those items, of the ones where ``valid``) as the centroids. Both
+        run on at most ``KMEANS_ROWS`` of those rows, drawn with torch's generator (the run's seed), so memory stays bounded whatever the
         catalogue; of ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one
         unlucky start merges two categories and splits another, which training does not
         undo. With fewer rows than prototypes some start as copies. Does nothing once done."""
@@ -106,7 +115,7 @@ class PrototypeProjection(nn.Module):
                 "model.prototypes needs items with valid features to start from; set it to 0"
             )
         rows = rows[torch.randperm(len(rows))[:KMEANS_ROWS]]
-        x = nn.functional.normalize(feats[rows].float(), dim=1)
+        x = nn.functional.normalize(rows_of(rows).float().cpu(), dim=1)
         width = self.basis.shape[1]
         if width < x.shape[1]:
             # uncentred, as the cosine the prototypes compare by; fewer rows than columns

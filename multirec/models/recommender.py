@@ -12,8 +12,9 @@ item-side tokens (id, cover, text, tag, counts). A modality switched off has no 
   user-side tokens into one user vector; the score is their dot product plus an item bias (on
   the log of the item's training share, with ``popularity_prior``) and, with ``match``,
   per-modality agreement (user id and mean history with item id, visual profile with cover,
-  text profile with text; a prototype side as a topic mixture, the log of the user's
-  smoothed share of the item's prototype). All of it is one dot product of
+  text profile with text, or content profile with content where cover and text share one
+  set of prototypes; a prototype side as a topic mixture, the log of the user's smoothed
+  share of the item's prototype). All of it is one dot product of
   concatenated vectors, so the whole catalogue's item vectors are computed once per set of
   weights and full ranking is a matrix product, at BPR-MF's cost. The id agreement is matrix
   factorisation itself, so the id path is never weaker than BPR-MF's model; content adds to
@@ -72,6 +73,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         use_numeric: bool = True,
         projection_hidden: int = 256,
         prototypes: int = 0,
+        joint_prototypes: bool = False,
         head_hidden: int = 128,
         dropout: float = 0.1,
         id_dropout: float = 0.1,
@@ -219,13 +221,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
             items = torch.cat([pos.unsqueeze(1), neg], dim=1)
             logits = self(users, items, id_dropout=True, exclude_first=True)
             pos_logits, neg_logits, positives = logits[:, 0], logits[:, 1:], torch.unique(pos)
-        extra = {}
-        if self.loss_fn.needs_alignment:
-            unseen = self._unseen(positives, False)
-            toks = dict(
-                zip(self.item_modalities, self._item_tokens(positives, unseen), strict=True)
-            )
-            extra = {"visual": toks.get("visual"), "text": toks.get("text")}
+        extra = self._alignment_tokens(positives) if self.loss_fn.needs_alignment else {}
         out = self.loss_fn(pos_logits, neg_logits, valid, **extra)
         loss = out["loss"]
         if not torch.isfinite(loss):

@@ -1,9 +1,11 @@
 """The multimodal recommender's tokens: every input projected into one shared space.
 
 User and item ids, visual, text, tag and numerical features each become a ``dim``-wide
-token; user-side tokens (id, mean history, content profiles) describe a user's taste with
-the same projections as the items they are compared with. Both scoring designs
-(:mod:`multirec.models.pairwise`, :mod:`multirec.models.two_tower`) start from these tokens.
+token (cover and text one ``content`` token when they share prototypes, see
+:mod:`multirec.models.prototypes`); user-side tokens (id, mean history, content profiles)
+describe a user's taste with the same projections as the items they are compared with.
+Both scoring designs (:mod:`multirec.models.pairwise`, :mod:`multirec.models.two_tower`)
+start from these tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from multirec.models.prototypes import PrototypeProjection
 
 REDUCE_CHUNK = 8192  # feature rows per product when the catalogue is put on a basis
 # user-side token -> the item-side token it is compared with (agreement terms)
-PARTNER = {"user": "item", "user_history": "item", "user_visual": "visual", "user_text": "text"}
+PARTNER = {
+    "user": "item",
+    "user_history": "item",
+    "user_visual": "visual",
+    "user_text": "text",
+    "user_content": "content",
+}
+# item-side tokens of content; "content" is cover and text seen through one set of prototypes
+CONTENT = ("visual", "text", "content")
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -85,23 +95,22 @@ class ModalityTokens:
                 nn.init.normal_(emb.weight, std=0.05)
             self.user_modalities.append("user")
             self.item_modalities.append("item")
-        if hp.visual_dim:
-            self.visual_proj = content(hp.visual_dim)
-            self.visual_missing = nn.Parameter(torch.zeros(dim))
-            self.item_modalities.append("visual")
-        if hp.text_dim:
-            self.text_proj = content(hp.text_dim)
-            self.text_missing = nn.Parameter(torch.zeros(dim))
-            self.item_modalities.append("text")
+        sides = [(m, d) for m, d in (("visual", hp.visual_dim), ("text", hp.text_dim)) if d]
+        if hp.joint_prototypes and hp.prototypes and len(sides) == 2:
+            # one topic per item from cover and text together: where the title is vague the
+            # cover decides, where both speak they are one piece of evidence, not two
+            sides = [("content", hp.visual_dim + hp.text_dim)]
+        for side, in_dim in sides:
+            setattr(self, f"{side}_proj", content(in_dim))
+            setattr(self, f"{side}_missing", nn.Parameter(torch.zeros(dim)))
+            self.item_modalities.append(side)
         if hp.user_profile:
             # the user's taste: the mean id embedding of its training items (collaborative, as
             # in FISM/SVD++) and the mean feature of each content modality through the same
             # projection as items, so the fusion can compare user and item directly
             if hp.use_ids:
                 self.user_modalities.append("user_history")
-            self.user_modalities += [
-                f"user_{m}" for m in ("visual", "text") if m in self.item_modalities
-            ]
+            self.user_modalities += [f"user_{m}" for m in CONTENT if m in self.item_modalities]
         if hp.use_tags:
             self.tag_proj = nn.Sequential(
                 nn.Embedding(hp.n_tags, dim), nn.GELU(), nn.Linear(dim, dim)
@@ -140,10 +149,10 @@ class ModalityTokens:
         self.items = items
         self.profiles, self.profile_counts = {}, {}
         self._reduced_tables = {}  # new features: nothing computed from the old ones holds
-        for side in ("visual", "text"):
+        for side in self._content_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
-                proj.initialise(getattr(items, side), getattr(items, f"{side}_ok"))
+                proj.initialise(lambda rows, side=side: self._side_rows(side, rows), self._ok(side))
         sides = self._profile_sides()
         needs_matrix = sides or "user_history" in self.user_modalities or self.two_tower
         if needs_matrix and train_matrix is None:
@@ -174,16 +183,41 @@ class ModalityTokens:
             self.profile_counts[side] = torch.from_numpy(n_ok.astype(np.float32))
 
     def _projection(self, side: str) -> nn.Module | None:
-        """The ``visual`` or ``text`` projection, None when that side is switched off."""
+        """The ``visual``, ``text`` or ``content`` projection, None when the model has none."""
         return getattr(self, f"{side}_proj", None)
+
+    def _content_sides(self) -> list[str]:
+        """The item-side content tokens, in token order."""
+        return [m for m in self.item_modalities if m in CONTENT]
 
     def _profile_sides(self) -> list[str]:
         """The content sides with a user profile token, in token order."""
         return [
             m.removeprefix("user_")
             for m in self.user_modalities
-            if m in ("user_visual", "user_text")
+            if m.removeprefix("user_") in CONTENT
         ]
+
+    def _ok(self, side: str) -> torch.Tensor:
+        """``[n_items]`` bool: which items have ``side`` features (content: either side's)."""
+        it = self.items
+        if side == "content":
+            return it.visual_ok | it.text_ok
+        return getattr(it, f"{side}_ok")
+
+    def _side_rows(self, side: str, rows: torch.Tensor | slice) -> torch.Tensor:
+        """``side`` features of the items ``rows`` as float32 on the model's device. Content
+        rows are the text and the cover features, each of unit length (zeros where missing),
+        side by side, so each weighs the same in a cosine similarity."""
+        it, dev = self.items, self.device
+        if side != "content":
+            return getattr(it, side)[rows].to(dev, torch.float32)
+        halves = [
+            nn.functional.normalize(getattr(it, m)[rows].to(dev, torch.float32), dim=1)
+            * getattr(it, f"{m}_ok")[rows].to(dev).unsqueeze(1)
+            for m in ("text", "visual")
+        ]
+        return torch.cat(halves, dim=1)
 
     def _unseen(self, items: torch.Tensor, id_dropout: bool) -> torch.Tensor:
         """Which of ``items`` use the shared 'unseen' id: no training interactions, or (in
@@ -212,11 +246,9 @@ class ModalityTokens:
         if self.hparams.use_ids:
             q = self.item_emb(items)
             out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
-        for side in ("visual", "text"):
+        for side in self._content_sides():
             proj = self._projection(side)
-            if proj is None:
-                continue
-            ok = getattr(it, f"{side}_ok")[idx].to(dev).unsqueeze(1)
+            ok = self._ok(side)[idx].to(dev).unsqueeze(1)
             if isinstance(proj, PrototypeProjection):
                 q = proj.assign(self._reduced(side)[items])
                 tok = proj.out(q)
@@ -226,13 +258,29 @@ class ModalityTokens:
                     # item whose topic is known (log tastes are mostly negative)
                     assignments[side] = torch.where(ok, q, 1.0 / q.shape[1])
             else:
-                tok = proj(getattr(it, side)[idx].to(dev, torch.float32))
+                tok = proj(self._side_rows(side, idx))
             out.append(torch.where(ok, tok, getattr(self, f"{side}_missing").expand_as(tok)))
         if self.hparams.use_tags:
             out.append(self.tag_proj(it.tag[idx].to(dev)))
         if "numeric" in self.item_modalities:
             out.append(self.numeric_proj(it.numeric[idx].to(dev)))
         return out
+
+    def _alignment_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The cover's and the text's tokens of ``items`` (None for a side the model lacks),
+        which the contrastive loss aligns. With joint prototypes, each side alone (the other
+        half of the content row zero) through them: what the cover says against what the
+        text says, in the categories they share."""
+        if "content" not in self.item_modalities:
+            toks = self._item_tokens(items, self._unseen(items, False))
+            named = dict(zip(self.item_modalities, toks, strict=True))
+            return {"visual": named.get("visual"), "text": named.get("text")}
+        proj, rows = self.content_proj, self._side_rows("content", items.cpu())
+        text_width = self.hparams.text_dim  # content rows are [text, cover]
+        alone = {"text": rows.clone(), "visual": rows.clone()}
+        alone["text"][:, text_width:] = 0
+        alone["visual"][:, :text_width] = 0
+        return {m: proj.out(proj.assign(proj.reduce(x))) for m, x in alone.items()}
 
     def _user_tokens(
         self,
@@ -291,8 +339,7 @@ class ModalityTokens:
         valid ``side`` features, assigned afresh at every call, and how many items that is."""
         items_t = torch.from_numpy(items)
         owner_t = torch.from_numpy(owner).to(self.device)
-        ok = getattr(self.items, f"{side}_ok")
-        weight = ok[items_t].to(self.device, torch.float32).unsqueeze(1)
+        weight = self._ok(side)[items_t].to(self.device, torch.float32).unsqueeze(1)
         share = proj.assign(self._reduced(side)[items_t.to(self.device)]) * weight
         k = proj.centroids.shape[0]
         total = torch.zeros(n_users, k, device=self.device).index_add_(0, owner_t, share)
@@ -305,12 +352,19 @@ class ModalityTokens:
         projection's basis, on the model's device. Kept until the features or the basis
         change (the start, a loaded state or a move to another device replace it), so a
         step gathers narrow rows instead of converting wide float16 ones."""
-        proj, feats = self._projection(side), getattr(self.items, side)
-        key = (feats.data_ptr(), proj.basis.data_ptr(), proj.basis._version)
+        proj, it = self._projection(side), self.items
+        # content rows read both sides and their flags (an inspection switches one off)
+        inputs = ("text", "visual", "text_ok", "visual_ok") if side == "content" else (side,)
+        key = (
+            *(getattr(it, name).data_ptr() for name in inputs),
+            proj.basis.data_ptr(),
+            proj.basis._version,
+        )
         if self._reduced_tables.get(side, (None,))[0] != key:
+            n = len(it.seen)
             parts = [
-                proj.reduce(feats[s : s + REDUCE_CHUNK].to(self.device, torch.float32))
-                for s in range(0, len(feats), REDUCE_CHUNK)
+                proj.reduce(self._side_rows(side, slice(s, s + REDUCE_CHUNK)))
+                for s in range(0, n, REDUCE_CHUNK)
             ]
             width = proj.basis.shape[1]
             table = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)

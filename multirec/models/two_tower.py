@@ -21,7 +21,7 @@ from torch import nn
 
 from multirec.config import build
 from multirec.models.prototypes import PrototypeProjection
-from multirec.models.tokens import PARTNER
+from multirec.models.tokens import CONTENT, PARTNER
 
 ITEM_CHUNK = 4096  # items per pass of the item tower when the whole catalogue is scored
 
@@ -50,7 +50,7 @@ class TwoTowerScoring:
         # agreement terms grouped by item-side token: the user tokens compared with one item
         # token are summed, so the vectors grow by `dim` per item token, not per pair; the id
         # block, (p_u + mean history) . q_i, is matrix factorisation itself (with FISM's term)
-        partners = [m for m in ("item", "visual", "text") if m in self.item_modalities]
+        partners = [m for m in ("item", *CONTENT) if m in self.item_modalities]
         pairs = [
             ([k for k, u in enumerate(self.user_modalities) if PARTNER[u] == m], m)
             for m in partners

@@ -295,7 +295,8 @@ def modality_contributions(
     * with both, ``disagree``: cover and text push the item in opposite directions.
     """
     frame = candidate_scores(model, ds, lists)
-    present = [m for m in ("visual", "text") if m in model.modalities]
+    # the model's inputs, not its tokens: with joint prototypes cover and text share one
+    present = [m for m in ("visual", "text") if getattr(model.items, f"{m}_ok", None) is not None]
     for m in present:
         with without(model, m):
             alone = candidate_scores(model, ds, lists)["score"]
