@@ -101,11 +101,14 @@ def topic_features(raw: Path, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(0)
     n_topics = int(topics["topic"].max()) + 1
 
+    vague = topics["vague_text"].to_numpy()
+    width = n_topics + int(vague.any())
+
     def noisy_onehot(labels: np.ndarray) -> np.ndarray:
-        x = np.eye(n_topics + 1, dtype=np.float32)[labels]
+        x = np.eye(width, dtype=np.float32)[labels]
         return x + rng.normal(scale=0.3, size=x.shape).astype(np.float32)
 
-    text = np.where(topics["vague_text"].to_numpy(), n_topics, topics["topic"].to_numpy())
+    text = np.where(vague, n_topics, topics["topic"].to_numpy())
     return noisy_onehot(text), noisy_onehot(topics["cover_topic"].to_numpy())
 
 

@@ -49,5 +49,6 @@ def test_modalities(tiny_trained, monkeypatch):
     monkeypatch.setenv("MULTIREC_CKPT", info["ckpt"])
     out = "\n".join(run_notebook("modalities"))
     assert f"checkpoint {info['ckpt']}" in out
-    assert "w_visual" in out and "delta_visual" in out and "lift_visual" in out
+    # cover and text share prototypes by default: one fusion weight for both, a lift for each
+    assert "w_content" in out and "delta_visual" in out and "lift_visual" in out
     assert "misleading" in out and "Mann-Whitney U p" in out  # the sample's ground truth was used

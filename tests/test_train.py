@@ -28,7 +28,8 @@ def test_run_writes_metrics_checkpoints_and_comparison(tiny_trained):
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     record = json.loads((run / "evaluation.json").read_text())
-    assert record["kind"] == "model" and "visual" in record["modalities"]
+    # cover and text through shared prototypes: one content token
+    assert record["kind"] == "model" and "content" in record["modalities"]
     assert Path(info["ckpt"]).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     comparison = json.loads((run / "comparison.json").read_text())
     assert set(comparison) == {"Random", "MostPopular", "ItemKNN", "UserKNN", "BPR-MF"}
@@ -81,7 +82,7 @@ def test_clip_sbert_from_a_local_tiny_clip(tmp_path):
         tmp_path,
     )
     result = train(cfg)
-    assert {"visual", "text", "user_visual", "user_text"} <= set(result["modalities"])
+    assert {"content", "user_content"} <= set(result["modalities"])
     assert result["metrics"]["test/sampled/ndcg@10"] > 0
     assert any(p.name.startswith("visual-") for p in (tmp_path / "outputs" / "cache").iterdir())
 
