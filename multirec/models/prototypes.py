@@ -10,9 +10,10 @@ by itself are there from the first step, and training moves them where interacti
 
 With both encoders the prototypes are, by default, one set over cover and text together
 (``model.joint_prototypes``; each feature of unit length, side by side): an item then has
-one category from both. Per side, a vague title put its item in a category of vague titles,
-which every user shares a little of, and the cover's agreement, added on top, could not
-lift it back; and where title and cover agree, two sides counted one piece of evidence twice.
+one category from both. Per side, a vague title puts its item in a category of vague
+titles, which every user shares a little of, so such items rank low for everyone and the
+cover's agreement, added on top, cannot lift them back; and where title and cover agree,
+two sides count one piece of evidence twice.
 
 A user's profile on the same side is the mean of their history's assignments (their share
 of each category), which the user tower maps to a token as items' are: per step, over the
@@ -103,10 +104,11 @@ class PrototypeProjection(nn.Module):
         """The basis (leading right singular vectors of the unit feature rows) and, on the
         reduced rows, spherical k-means of the catalogue's features (``rows_of(indices)``
         gives the rows of those items, of the ones where ``valid``) as the centroids. Both
-        run on at most ``KMEANS_ROWS`` of those rows, drawn with torch's generator (the run's seed), so memory stays bounded whatever the
-        catalogue; of ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one
-        unlucky start merges two categories and splits another, which training does not
-        undo. With fewer rows than prototypes some start as copies. Does nothing once done."""
+        run on at most ``KMEANS_ROWS`` of those rows, drawn with torch's generator (the
+        run's seed), so memory stays bounded whatever the catalogue; of
+        ``KMEANS_RESTARTS`` k-means++ starts it keeps the tightest, since one unlucky start
+        merges two categories and splits another, which training does not undo. With fewer
+        rows than prototypes some start as copies. Does nothing once done."""
         if bool(self.initialised):
             return
         rows = valid.nonzero().squeeze(1)
