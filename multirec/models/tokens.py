@@ -152,7 +152,8 @@ class ModalityTokens:
         for side in self._content_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
-                proj.initialise(lambda rows, side=side: self._side_rows(side, rows), self._ok(side))
+                valid = self._ok(side, slice(None))
+                proj.initialise(lambda rows, side=side: self._side_rows(side, rows), valid)
         sides = self._profile_sides()
         needs_matrix = sides or "user_history" in self.user_modalities or self.two_tower
         if needs_matrix and train_matrix is None:
@@ -198,12 +199,14 @@ class ModalityTokens:
             if m.removeprefix("user_") in CONTENT
         ]
 
-    def _ok(self, side: str) -> torch.Tensor:
-        """``[n_items]`` bool: which items have ``side`` features (content: either side's)."""
+    def _ok(self, side: str, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Bool, one per item of ``rows``: which have ``side`` features (content: either
+        side's). Indexed before the two flags are combined, so a step pays for its rows,
+        not the catalogue."""
         it = self.items
         if side == "content":
-            return it.visual_ok | it.text_ok
-        return getattr(it, f"{side}_ok")
+            return it.visual_ok[rows] | it.text_ok[rows]
+        return getattr(it, f"{side}_ok")[rows]
 
     def _side_rows(self, side: str, rows: torch.Tensor | slice) -> torch.Tensor:
         """``side`` features of the items ``rows`` as float32 on the model's device. Content
@@ -248,7 +251,7 @@ class ModalityTokens:
             out.append(torch.where(unseen.unsqueeze(1), self.unseen_item.expand_as(q), q))
         for side in self._content_sides():
             proj = self._projection(side)
-            ok = self._ok(side)[idx].to(dev).unsqueeze(1)
+            ok = self._ok(side, idx).to(dev).unsqueeze(1)
             if isinstance(proj, PrototypeProjection):
                 q = proj.assign(self._reduced(side)[items])
                 tok = proj.out(q)
@@ -339,7 +342,7 @@ class ModalityTokens:
         valid ``side`` features, assigned afresh at every call, and how many items that is."""
         items_t = torch.from_numpy(items)
         owner_t = torch.from_numpy(owner).to(self.device)
-        weight = self._ok(side)[items_t].to(self.device, torch.float32).unsqueeze(1)
+        weight = self._ok(side, items_t).to(self.device, torch.float32).unsqueeze(1)
         share = proj.assign(self._reduced(side)[items_t.to(self.device)]) * weight
         k = proj.centroids.shape[0]
         total = torch.zeros(n_users, k, device=self.device).index_add_(0, owner_t, share)
