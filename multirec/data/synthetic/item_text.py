@@ -28,6 +28,8 @@ _CODAS = ["", "", "", "n", "r", "s", "l", "m", "k", "x"]
 _ROOTS_PER_TOPIC = 4
 _WORDS_PER_TOPIC = 40
 _TAGS_PER_TOPIC = 2  # an item takes its topic's first tag, or with 30 % its second
+_TITLE_WORDS = (3, 8)  # words per title, drawn in [low, high)
+_DESCRIPTION_WORDS = (8, 25)
 
 # titles, tags, descriptions, and which items' texts are vague
 Texts = tuple[list[str | None], list[str | None], list[str | None], np.ndarray]
@@ -50,9 +52,11 @@ def item_texts(
     words, topic_tags = _vocabularies(rng, n_topics)
     vocab = np.array([*(w for ws in words for w in ws), *_FILLER], dtype=object)
     n = len(item_topic)
-    titles: list[str | None] = _sentences(rng, vocab, item_topic, rng.integers(3, 8, n), 0.7)
+    titles: list[str | None] = _sentences(
+        rng, vocab, item_topic, rng.integers(*_TITLE_WORDS, n), 0.7
+    )
     descriptions: list[str | None] = _sentences(
-        rng, vocab, item_topic, rng.integers(8, 25, n), 0.55
+        rng, vocab, item_topic, rng.integers(*_DESCRIPTION_WORDS, n), 0.55
     )
     all_tags = np.array([t for ts in topic_tags for t in ts] + list(_GENERIC_TAGS), dtype=object)
     own = item_topic * _TAGS_PER_TOPIC + (rng.random(n) < 0.3)
@@ -85,8 +89,10 @@ def _make_vague(
     chosen = rng.choice(n, round(vague * n), replace=False)
     is_vague[chosen] = True
     no_topic = np.zeros(len(chosen), dtype=np.int64)  # topic_share 0: every word is filler
-    titles_new = _sentences(rng, vocab, no_topic, rng.integers(3, 8, len(chosen)), 0.0)
-    descriptions_new = _sentences(rng, vocab, no_topic, rng.integers(8, 25, len(chosen)), 0.0)
+    titles_new = _sentences(rng, vocab, no_topic, rng.integers(*_TITLE_WORDS, len(chosen)), 0.0)
+    descriptions_new = _sentences(
+        rng, vocab, no_topic, rng.integers(*_DESCRIPTION_WORDS, len(chosen)), 0.0
+    )
     generic = rng.integers(0, len(_GENERIC_TAGS), len(chosen))
     for k, i in enumerate(chosen):
         titles[i], descriptions[i] = titles_new[k], descriptions_new[k]
