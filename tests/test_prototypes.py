@@ -221,3 +221,85 @@ def test_an_item_without_features_agrees_as_an_even_share_of_every_prototype(
     assert not torch.allclose(vec[1, -width:], torch.full((width,), 1.0 / k))
     taste = uv[0, -width:]
     assert torch.allclose((taste * vec[0, -width:]).sum(), taste.view(n_sides, k).mean(1).sum())
+
+
+def audience_model(tmp_path, *overrides: str):
+    """A two-tower model with 4 shared prototypes, without dropout or the logQ correction (so
+    a training step's logits are the dot products) and with soft assignments, whose user 0 trained on items 1-3 and user 1 on items 1 and 4."""
+    quiet = ["model.dropout=0", "model.id_dropout=0", "fusion.dropout=0", "loss.logq=false"]
+    settings = ["model.prototypes=4", *quiet, *overrides]
+    m = model_from(tmp_path, [*TWO_TOWER, *settings])
+    train = sp.csr_matrix(
+        (np.ones(5), ([0, 0, 0, 1, 1], [1, 2, 3, 1, 4])),
+        shape=(N_USERS, N_ITEMS),
+        dtype=np.float32,
+    )
+    m.attach_items(m.items, train)
+    with torch.no_grad():
+        m.content_proj.log_scale.zero_()  # soft assignments, which an audience visibly moves
+    return m
+
+
+def test_an_items_audience_weighs_on_its_assignment_without_the_positives_own_user(tmp_path):
+    """An item's assignment is ``softmax(content logits + w * mean log taste of its training
+    users)``: item 1 hears users 0 and 1, item 4 user 1, item 5 nobody (its content alone),
+    and a user left out (a training positive's own) is not heard; an item standing for an
+    unseen one hears nobody. With a loud audience the item takes its audience's prototype."""
+    m = audience_model(tmp_path).eval()
+    proj = m.content_proj
+    assert m.items.visual_ok[1:6].all() and m.items.text_ok[1:6].all()
+
+    def assigned(items, unseen, without=None) -> torch.Tensor:
+        got: dict[str, torch.Tensor] = {}
+        m._item_tokens(torch.tensor(items), torch.tensor(unseen), got, without)
+        return got["content"]
+
+    with torch.no_grad():
+        logits = proj.logits(m._reduced("content"))
+        q = logits.softmax(1)
+        taste = proj.log_taste(
+            torch.stack([q[[1, 2, 3]].sum(0), q[[1, 4]].sum(0)]), torch.tensor([[3.0], [2.0]])
+        )
+        w = m.audience_weight
+
+        def heard(item: int, users: list[int]) -> torch.Tensor:
+            return (logits[item] + w * taste[users].mean(0)).softmax(0)
+
+        got = assigned([1, 4, 5], [False] * 3)
+        for row, expected in zip(got, (heard(1, [0, 1]), heard(4, [1]), q[5]), strict=True):
+            assert torch.allclose(row, expected, atol=1e-6)
+        assert not torch.allclose(got[0], q[1], atol=1e-3)  # the audience does move it
+        got = assigned([1, 1, 4], [False] * 3, torch.tensor([0, -1, 1]))
+        assert torch.allclose(got[0], heard(1, [1]), atol=1e-6)
+        assert torch.allclose(got[1], heard(1, [0, 1]), atol=1e-6)
+        assert torch.allclose(got[2], q[4], atol=1e-6)  # its one user left out: content alone
+        assert torch.allclose(assigned([1], [True])[0], q[1], atol=1e-6)
+        m.audience_weight.fill_(100.0)
+        m._table = None
+        assert assigned([1], [False])[0].argmax() == taste[[0, 1]].mean(0).argmax()
+
+
+def test_a_training_positive_is_scored_without_its_own_user_in_its_audience(tmp_path):
+    """The step scores user 0's positive item 1 as if user 0 had never chosen it (its
+    audience user 1 alone), while item 4, a negative, keeps its whole audience."""
+    m = audience_model(tmp_path).train()
+    users, pos, neg = torch.tensor([0]), torch.tensor([1]), torch.tensor([[4]])
+    with torch.no_grad():
+        pos_logit, neg_logits, _, _ = m._two_tower_step(users, pos, neg)
+        uv, _ = m._user_vectors(users, pos)
+        seen = torch.tensor([False])
+        vec, bias, _ = m._item_vectors(pos, seen, users)
+        assert torch.allclose(pos_logit, (uv * vec).sum(1) + bias, atol=1e-5)
+        whole, bias, _ = m._item_vectors(pos, seen)
+        assert not torch.allclose(pos_logit, (uv * whole).sum(1) + bias, atol=1e-4)
+        vec, bias, _ = m._item_vectors(neg[0], seen)
+        assert torch.allclose(neg_logits[0, 0], (uv * vec).sum(1)[0] + bias[0], atol=1e-5)
+
+
+def test_the_audience_needs_two_tower_scoring_and_prototypes(tmp_path):
+    """Pairwise scoring and MLP projections have no assignment to weigh: no weight at all."""
+    assert audience_model(tmp_path).audience_weight is not None
+    assert audience_model(tmp_path, "model.audience=false").audience_weight is None
+    assert model_from(tmp_path, [*TWO_TOWER, "model.prototypes=0"]).audience_weight is None
+    pairwise = ["model.scoring=pairwise", "loss=bce", "model.prototypes=4"]
+    assert model_from(tmp_path, pairwise).audience_weight is None

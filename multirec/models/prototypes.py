@@ -15,6 +15,13 @@ titles, which every user shares a little of, so such items rank low for everyone
 cover's agreement, added on top, cannot lift them back; and where title and cover agree,
 two sides count one piece of evidence twice.
 
+Content alone cannot place an item whose title is vague and whose cover misleads. With
+``model.audience`` (two-tower) an item's assignment also hears who chose it: its logits plus
+a learned weight times the mean log taste of its training users, a posterior with the
+content as the prior. The tastes are evidence, not a path for gradients; a training
+positive's own user is left out of its audience, and an item without training interactions
+(or whose id training drops) keeps its content's assignment.
+
 A user's profile on the same side is the mean of their history's assignments (their share
 of each category), which the user tower maps to a token as items' are: per step, over the
 batch users' histories, so a training positive can be left out of its own user's profile.
@@ -78,12 +85,17 @@ class PrototypeProjection(nn.Module):
         """Feature rows ``[n, in_dim]`` on the basis: ``[n, width]``."""
         return x @ self.basis
 
-    def assign(self, x: torch.Tensor) -> torch.Tensor:
-        """Soft assignment ``[n, k]`` (rows sum to 1) of each reduced row to the prototypes."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[n, k]``: each reduced row's scaled cosine similarity to the prototypes, the
+        log of its assignment up to a constant per row."""
         # the rows' norms divide the [n, k] products, not the [n, width] rows: k << width
         dots = x @ nn.functional.normalize(self.centroids, dim=1).T
         cos = dots / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        return torch.softmax(self.log_scale.exp() * cos, dim=1)
+        return self.log_scale.exp() * cos
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft assignment ``[n, k]`` (rows sum to 1) of each reduced row to the prototypes."""
+        return torch.softmax(self.logits(x), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.assign(self.reduce(x)))

@@ -74,6 +74,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         projection_hidden: int = 256,
         prototypes: int = 0,
         joint_prototypes: bool = False,
+        audience: bool = False,
         head_hidden: int = 128,
         dropout: float = 0.1,
         id_dropout: float = 0.1,
@@ -101,6 +102,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         self.profiles: dict[str, torch.Tensor] = {}  # per-user mean content features (float16)
         self.profile_counts: dict[str, torch.Tensor] = {}  # items behind each user's profile
         self._reduced_tables: dict[str, tuple] = {}  # prototype sides' features on their basis
+        self._audience_tables: dict[str, tuple] = {}  # their users' tastes per item (two_tower)
         self.history: sp.csr_matrix | None = None  # binary training matrix, for user_history
         self.profile_history: sp.csr_matrix | None = None  # the same, for content profiles
         self.train_matrix: sp.csr_matrix | None = None  # accidental hits among shared negatives

@@ -104,6 +104,10 @@ class ModalityTokens:
             setattr(self, f"{side}_proj", content(in_dim))
             setattr(self, f"{side}_missing", nn.Parameter(torch.zeros(dim)))
             self.item_modalities.append(side)
+        self.audience_weight: nn.Parameter | None = None
+        if hp.audience and hp.prototypes and sides and hp.scoring == "two_tower":
+            # how far an item's prototype assignment follows its audience's tastes
+            self.audience_weight = nn.Parameter(torch.ones(()))
         if hp.user_profile:
             # the user's taste: the mean id embedding of its training items (collaborative, as
             # in FISM/SVD++) and the mean feature of each content modality through the same
@@ -149,6 +153,7 @@ class ModalityTokens:
         self.items = items
         self.profiles, self.profile_counts = {}, {}
         self._reduced_tables = {}  # new features: nothing computed from the old ones holds
+        self._audience_tables = {}
         for side in self._content_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
@@ -235,11 +240,15 @@ class ModalityTokens:
         items: torch.Tensor,
         unseen: torch.Tensor,
         assignments: dict[str, torch.Tensor] | None = None,
+        without_users: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Item-side tokens for a 1-D tensor of item indices, each ``[n, dim]``.
 
         ``assignments``, when given, receives each prototype side's assignments ``[n, k]``
         (even for an item without valid features), which the two-tower topic mixture reads.
+        ``without_users[b]`` (two-tower training: the user of the positive ``items[b]``; -1
+        for none) is left out of that item's audience, so a positive is placed as a
+        held-out item is.
         """
         assert self.items is not None, "call attach_items() first"
         it = self.items
@@ -253,7 +262,11 @@ class ModalityTokens:
             proj = self._projection(side)
             ok = self._ok(side, idx).to(dev).unsqueeze(1)
             if isinstance(proj, PrototypeProjection):
-                q = proj.assign(self._reduced(side)[items])
+                logits = proj.logits(self._reduced(side)[items])
+                if self.audience_weight is not None:
+                    heard = self._audience_taste(side, proj, items, unseen, without_users)
+                    logits = logits + self.audience_weight * heard
+                q = torch.softmax(logits, dim=1)
                 tok = proj.out(q)
                 if assignments is not None:
                     # no features, no topic evidence: an even share of every prototype, so
@@ -348,6 +361,47 @@ class ModalityTokens:
         total = torch.zeros(n_users, k, device=self.device).index_add_(0, owner_t, share)
         count = torch.zeros(n_users, 1, device=self.device).index_add_(0, owner_t, weight)
         return total, count
+
+    def _audience_taste(
+        self,
+        side: str,
+        proj: PrototypeProjection,
+        items: torch.Tensor,
+        unseen: torch.Tensor,
+        without_users: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``[n, k]``: the mean log taste of each item's training users (``without_users[b]``
+        left out of item ``b``'s unless -1); zero for an item without any, or whose id
+        training drops, which stands for one."""
+        summed, listeners, taste = self._audience(side, proj)
+        total, n = summed[items], listeners[items]
+        if without_users is not None:
+            left = (without_users >= 0).to(total.dtype)
+            total = total - taste[without_users.clamp(min=0)] * left.unsqueeze(1)
+            n = n - left
+        heard = (~unseen & (n > 0)).unsqueeze(1)
+        return torch.where(heard, total / n.clamp(min=1).unsqueeze(1), 0.0)
+
+    @torch.no_grad()
+    def _audience(
+        self, side: str, proj: PrototypeProjection
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``side``'s audience: per item the sum of its training users' log tastes
+        ``[n_items, k]`` and their number ``[n_items]``; per user the log taste ``[n_users,
+        k]`` of their whole training history, from its items' content. Evidence, not a path
+        for gradients: computed once per set of weights in evaluation, as the item table is,
+        and once per epoch in training, where it would cost more than the step."""
+        key = ("epoch", self.current_epoch) if self.training else self._weights_key()
+        if self._audience_tables.get(side, (None,))[0] != key:
+            m, dev = self.train_matrix, self.device
+            ok = self._ok(side, slice(None)).cpu().numpy().astype(np.float32)
+            q = proj.assign(self._reduced(side)).cpu().numpy() * ok[:, None]
+            count = torch.from_numpy(m @ ok).unsqueeze(1)
+            taste = proj.log_taste(torch.from_numpy(m @ q).to(dev), count.to(dev))
+            summed = torch.from_numpy(m.T @ taste.cpu().numpy()).to(dev)
+            listeners = torch.from_numpy(np.asarray(m.sum(axis=0)).ravel()).to(dev)
+            self._audience_tables[side] = (key, (summed, listeners, taste))
+        return self._audience_tables[side][1]
 
     @torch.no_grad()
     def _reduced(self, side: str) -> torch.Tensor:

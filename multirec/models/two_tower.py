@@ -90,11 +90,12 @@ class TwoTowerScoring:
         return torch.cat([vec, *(tastes[m] for m in self.mixture_sides)], dim=1), weights
 
     def _item_vectors(
-        self, items: torch.Tensor, unseen: torch.Tensor
+        self, items: torch.Tensor, unseen: torch.Tensor, without_users: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Item vectors ``[n, D]``, biases ``[n]`` and the item fusion's weights."""
+        """Item vectors ``[n, D]``, biases ``[n]`` and the item fusion's weights;
+        ``without_users`` as in :meth:`_item_tokens`."""
         assignments: dict[str, torch.Tensor] = {}
-        toks = self._item_tokens(items, unseen, assignments)
+        toks = self._item_tokens(items, unseen, assignments, without_users)
         fused, weights = self.item_fusion(torch.stack(toks, dim=1))
         vec = torch.cat(
             [
@@ -231,12 +232,27 @@ class TwoTowerScoring:
         uniq, inverse = torch.unique(
             torch.cat([pos, neg.flatten(), all_pos, all_neg.flatten()]), return_inverse=True
         )
-        vec, bias, _ = self._item_vectors(uniq, self._unseen(uniq, True))
-        uv, _ = self._user_vectors(users, pos)
         at_pos, at_neg = inverse[:b], inverse[b : b + neg.numel()].view(b, -1)
         at_all_pos = inverse[b + neg.numel() : b + neg.numel() + len(all_pos)]
         at_all_neg = inverse[b + neg.numel() + len(all_pos) :]
-        pos_logits = (uv * vec[at_pos]).sum(-1) + bias[at_pos]
+        unseen = self._unseen(uniq, True)
+        if self.audience_weight is None:
+            vec, bias, _ = self._item_vectors(uniq, unseen)
+            pos_vec, pos_bias = vec[at_pos], bias[at_pos]
+        else:
+            # each positive once more, without its own user in its audience; as anyone
+            # else's negative or in-batch column it keeps its whole audience (those users
+            # are masked), so one pass computes both
+            n = len(uniq)
+            nobody = torch.full((n,), -1, dtype=users.dtype, device=users.device)
+            vec, bias, _ = self._item_vectors(
+                torch.cat([uniq, pos]),
+                torch.cat([unseen, unseen[at_pos]]),
+                torch.cat([nobody, users]),
+            )
+            vec, pos_vec, bias, pos_bias = vec[:n], vec[n:], bias[:n], bias[n:]
+        uv, _ = self._user_vectors(users, pos)
+        pos_logits = (uv * pos_vec).sum(-1) + pos_bias
         # (items of the columns: [K] shared by the batch or [B, N] per row, logits, validity)
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         if loss.share_negatives:
