@@ -92,7 +92,15 @@ def test_ddp_two_processes_train_what_one_process_trains(tmp_path):
     # the weights agree to ~2e-5. Any real difference (other batches or negatives, an
     # unsynchronised gradient, other initial weights) moves them by whole steps (~lr).
     for name, w in one["state_dict"].items():
-        torch.testing.assert_close(two["state_dict"][name], w, atol=5e-4, rtol=0, msg=name)
+        got = two["state_dict"][name]
+        if name.endswith("in_proj_bias"):
+            # the attention's key bias adds q . b_k to every score of a query, which the
+            # softmax ignores: its gradient is rounding noise, which AdamW turns into steps
+            # of about lr, different in one process and two: only its query and value
+            # thirds are compared
+            d = len(w) // 3
+            w, got = torch.cat([w[:d], w[2 * d :]]), torch.cat([got[:d], got[2 * d :]])
+        torch.testing.assert_close(got, w, atol=5e-4, rtol=0, msg=name)
     # Rank metrics of the same rankings: equal, but for rounding in the averages.
     metrics = json.loads((run_dir / "metrics.json").read_text())
     tests = {k: v for k, v in single["metrics"].items() if k.startswith("test/")}

@@ -107,6 +107,7 @@ class MultimodalRecommender(ModalityTokens, PairwiseScoring, TwoTowerScoring, Ne
         self.profile_history: sp.csr_matrix | None = None  # the same, for content profiles
         self.train_matrix: sp.csr_matrix | None = None  # accidental hits among shared negatives
         self.item_log_share: torch.Tensor | None = None  # log of each item's share of positives
+        self.listeners: torch.Tensor | None = None  # each item's training users (two_tower)
         self.draw_probabilities: torch.Tensor | None = None  # the negative sampler's, if known
         self._table: tuple[Any, ...] | None = None  # cached item vectors (two_tower, eval mode)
 

@@ -108,6 +108,13 @@ class ModalityTokens:
         if hp.audience and hp.prototypes and sides and hp.scoring == "two_tower":
             # how far an item's prototype assignment follows its audience's tastes
             self.audience_weight = nn.Parameter(torch.ones(()))
+            # the tastes training hears, saved with the model: a run resumed mid-epoch
+            # goes on with the epoch's own, not ones from the weights it stopped at
+            for side, _ in sides:
+                k = hp.prototypes
+                self.register_buffer(f"{side}_audience", torch.zeros(hp.n_items, k))
+                self.register_buffer(f"{side}_tastes", torch.zeros(hp.n_users, k))
+            self.register_buffer("audience_epoch", torch.tensor(-1))  # the epoch they are of
         if hp.user_profile:
             # the user's taste: the mean id embedding of its training items (collaborative, as
             # in FISM/SVD++) and the mean feature of each content modality through the same
@@ -154,6 +161,8 @@ class ModalityTokens:
         self.profiles, self.profile_counts = {}, {}
         self._reduced_tables = {}  # new features: nothing computed from the old ones holds
         self._audience_tables = {}
+        if self.audience_weight is not None:
+            self.audience_epoch.fill_(-1)
         for side in self._content_sides():
             proj = self._projection(side)
             if isinstance(proj, PrototypeProjection):
@@ -182,6 +191,7 @@ class ModalityTokens:
             self.item_log_share = torch.from_numpy(
                 np.log(np.maximum(counts, 0.5) / max(binary.nnz, 1)).astype(np.float32)
             )
+            self.listeners = torch.from_numpy(counts.astype(np.float32))
         for side in averaged:
             feats, ok = getattr(items, side), getattr(items, f"{side}_ok").numpy()
             self.profiles[side] = mean_profiles(binary, feats, ok)
@@ -390,18 +400,31 @@ class ModalityTokens:
         ``[n_items, k]`` and their number ``[n_items]``; per user the log taste ``[n_users,
         k]`` of their whole training history, from its items' content. Evidence, not a path
         for gradients: computed once per set of weights in evaluation, as the item table is,
-        and once per epoch in training, where it would cost more than the step."""
-        key = ("epoch", self.current_epoch) if self.training else self._weights_key()
+        and in training once per epoch, where per step it would cost more than the step."""
+        listeners = self.listeners.to(self.device)
+        if self.training:
+            if int(self.audience_epoch) != self.current_epoch:
+                for s in self._content_sides():
+                    summed, taste = self._tastes(s, self._projection(s))
+                    getattr(self, f"{s}_audience").copy_(summed)
+                    getattr(self, f"{s}_tastes").copy_(taste)
+                self.audience_epoch.fill_(self.current_epoch)
+            return getattr(self, f"{side}_audience"), listeners, getattr(self, f"{side}_tastes")
+        key = self._weights_key()
         if self._audience_tables.get(side, (None,))[0] != key:
-            m, dev = self.train_matrix, self.device
-            ok = self._ok(side, slice(None)).cpu().numpy().astype(np.float32)
-            q = proj.assign(self._reduced(side)).cpu().numpy() * ok[:, None]
-            count = torch.from_numpy(m @ ok).unsqueeze(1)
-            taste = proj.log_taste(torch.from_numpy(m @ q).to(dev), count.to(dev))
-            summed = torch.from_numpy(m.T @ taste.cpu().numpy()).to(dev)
-            listeners = torch.from_numpy(np.asarray(m.sum(axis=0)).ravel()).to(dev)
-            self._audience_tables[side] = (key, (summed, listeners, taste))
-        return self._audience_tables[side][1]
+            self._audience_tables[side] = (key, self._tastes(side, proj))
+        summed, taste = self._audience_tables[side][1]
+        return summed, listeners, taste
+
+    def _tastes(self, side: str, proj: PrototypeProjection) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per item the sum of its training users' log tastes, and per user the log taste
+        (see :meth:`_audience`), from the weights as they are."""
+        m, dev = self.train_matrix, self.device
+        ok = self._ok(side, slice(None)).cpu().numpy().astype(np.float32)
+        q = proj.assign(self._reduced(side)).cpu().numpy() * ok[:, None]
+        count = torch.from_numpy(m @ ok).unsqueeze(1)
+        taste = proj.log_taste(torch.from_numpy(m @ q).to(dev), count.to(dev))
+        return torch.from_numpy(m.T @ taste.cpu().numpy()).to(dev), taste
 
     @torch.no_grad()
     def _reduced(self, side: str) -> torch.Tensor:
