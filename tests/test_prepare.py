@@ -117,6 +117,16 @@ def test_same_inputs_byte_identical_and_noop(raw, tmp_path):
     assert again.root == a.root and (a.root / "manifest.json").stat().st_mtime_ns == mtime
 
 
+def test_brackets_in_paths_are_names_not_patterns(tmp_path):
+    """A folder named like a sweep's value ("x-[0.3,0.35]") reads as itself, raw and
+    prepared: polars would otherwise expand it as a glob and find nothing."""
+    plain = run(write_raw(tmp_path / "raw"), tmp_path / "plain")
+    odd = tmp_path / "x-[0.3,0.35]"
+    ds = run(write_raw(odd / "raw"), odd)
+    assert len(ds.train) == len(plain.train) > 0
+    assert (ds.item_ids == plain.item_ids).all()
+
+
 def test_changed_settings_or_inputs_new_fingerprint(raw, tmp_path):
     base = run(raw, tmp_path)
     other_seed = cfg_for(raw)

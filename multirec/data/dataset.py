@@ -99,11 +99,11 @@ class PreparedDataset:
     # -- tables --------------------------------------------------------------------
     @cached_property
     def items(self) -> pl.DataFrame:
-        return pl.read_parquet(self.root / "items.parquet").sort("item_idx")
+        return pl.read_parquet(self.root / "items.parquet", glob=False).sort("item_idx")
 
     @cached_property
     def users(self) -> pl.DataFrame:
-        return pl.read_parquet(self.root / "users.parquet").sort("user_idx")
+        return pl.read_parquet(self.root / "users.parquet", glob=False).sort("user_idx")
 
     @cached_property
     def item_ids(self) -> np.ndarray:
@@ -122,7 +122,7 @@ class PreparedDataset:
     def _splits(self) -> dict[str, Interactions]:
         out = {}
         for name in SPLITS:
-            df = pl.read_parquet(self.root / f"{name}.parquet")
+            df = pl.read_parquet(self.root / f"{name}.parquet", glob=False)
             out[name] = Interactions(
                 users=df["user_idx"].to_numpy().astype(np.int64),
                 items=df["item_idx"].to_numpy().astype(np.int64),

@@ -107,7 +107,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _header(path: Path) -> list[str]:
     try:
-        return pl.read_csv(path, n_rows=0, infer_schema=False).columns
+        return pl.read_csv(path, n_rows=0, infer_schema=False, glob=False).columns
     except pl.exceptions.NoDataError:
         raise DataError(f"{path} is empty; expected a CSV with a header row and data") from None
     except POLARS_ERRORS as exc:
@@ -184,7 +184,8 @@ def _check_columns(
 
 
 def _scan(path: Path) -> pl.LazyFrame:
-    return pl.scan_csv(path, infer_schema=False, quote_char='"')
+    # glob=False: a folder named like "x-[0.3,0.35]" is a path, not a pattern
+    return pl.scan_csv(path, infer_schema=False, quote_char='"', glob=False)
 
 
 def _unify_timestamp_units(df: pl.DataFrame, path: Path, unit: str) -> tuple[pl.DataFrame, int]:

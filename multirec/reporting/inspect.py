@@ -317,6 +317,6 @@ def sample_truth(ds: PreparedDataset) -> pl.DataFrame | None:
     path = Path(ds.manifest["settings"]["root"]) / "_topics.csv"
     if not path.is_file():
         return None
-    return pl.read_csv(path, schema_overrides={"item_id": pl.String}).select(
+    return pl.read_csv(path, schema_overrides={"item_id": pl.String}, glob=False).select(
         "item_id", "topic", "cover_topic", "misleading"
     )

@@ -69,7 +69,7 @@ def per_list(row: Row, split: str, protocol: str, metric: str) -> pl.DataFrame |
             return f"{row.label} (seed {e.seed}) has no per-list results for {split}/{protocol}"
         if metric not in pl.read_parquet_schema(path):
             return f"{row.label} (seed {e.seed}) has no per-list {metric} for {split}/{protocol}"
-        frames.append(pl.read_parquet(path, columns=[*keys, metric]))
+        frames.append(pl.read_parquet(path, columns=[*keys, metric], glob=False))
     n = len(frames)
     if len({f.height for f in frames}) > 1:
         return f"the seeds of {row.label} were scored on different numbers of lists"
