@@ -362,6 +362,22 @@ def test_sample_takes_the_data_names_of_the_other_entry_points(size, tmp_path):
     assert compose_cfg("sample", [f"size={size}"], tmp_path).out == by_data.out
 
 
+def test_cli_keeps_other_settings_out_of_the_folder_training_uses(tmp_path):
+    """Training regenerates the preset's sample in its folder, so a sample with other settings
+    written there would be lost: refused, with the way out; with out=DIR it is written."""
+    proc = sample_cli(tmp_path, "data=tiny", "vague_share=0.1", "covers=false")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/outputs/data/sample_tiny holds the sample data=tiny trains on; a "
+        "sample with vague_share=0.1 goes to a folder of its own: add out=DIR"
+    ]
+    assert not (tmp_path / "outputs" / "data" / "sample_tiny").exists()
+    own = tmp_path / "vague"
+    proc = sample_cli(tmp_path, "data=tiny", "vague_share=0.1", "covers=false", f"out={own}")
+    assert proc.returncode == 0, proc.stderr
+    assert is_current(own, size="tiny", vague_share=0.1)
+
+
 def test_cli_refuses_a_downloaded_dataset_as_a_sample(tmp_path):
     proc = sample_cli(tmp_path, "data=pixelrec")
     assert proc.returncode == 2
