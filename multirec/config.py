@@ -8,6 +8,8 @@ unknown keys and wrong types, and the error names the full key path.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
@@ -18,6 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 from multirec.errors import ConfigError, MultirecError
 
 T = TypeVar("T")
+
+
+def project_root() -> Path:
+    """Where outputs go when no Hydra run says: ``MULTIREC_ROOT``, else the working
+    directory, as ``conf/paths``'s ``root_dir`` resolves inside a run."""
+    return Path(os.environ.get("MULTIREC_ROOT", os.getcwd()))
 
 
 def to_schema(node: DictConfig | dict[str, Any], schema: type[T], where: str) -> T:

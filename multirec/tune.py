@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from multirec.cli import user_errors
+from multirec.config import project_root
 from multirec.errors import ConfigError, MultirecError
 from multirec.io import atomic_write_json
 from multirec.reporting.runs import TUNING_FILE, find_run_dirs
@@ -297,8 +298,9 @@ def tune(names: list[str] | None, out: Path, overrides: list[str]) -> Path:
 def parse(argv: list[str]) -> tuple[list[str] | None, Path, list[str]]:
     """(models=..., out=..., the other overrides) of the command line."""
     names: list[str] | None = None
-    root = Path(os.environ.get("MULTIREC_ROOT", "."))
-    out = root / "outputs" / "tune" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    out = (
+        project_root() / "outputs" / "tune" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    )
     rest = []
     for item in argv:
         key, sep, value = item.partition("=")

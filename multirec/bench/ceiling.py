@@ -30,7 +30,6 @@ from __future__ import annotations
 from multirec.runtime import apply_thread_policy
 
 # isort: split
-import os
 import sys
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from hydra import compose, initialize_config_dir
 from multirec.bench.common import bench_settings, write
 from multirec.bench.training import CONF
 from multirec.cli import user_errors
-from multirec.config import build
+from multirec.config import build, project_root
 from multirec.data.dataset import PreparedDataset
 from multirec.data.synthetic import read_world
 from multirec.data.synthetic.interactions import IN_TOPIC_SHARE
@@ -130,8 +129,8 @@ def main() -> None:
     )
     apply_thread_policy()
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        # the run directory's root (a Hydra runtime value) is where the benchmark runs from
-        root = os.environ.get("MULTIREC_ROOT", os.getcwd())
+        # the run directory's root is a Hydra runtime value, which compose() does not set
+        root = project_root()
         cfg = compose("evaluate", [f"data={args.data}", "protocol=full", f"paths.root_dir={root}"])
     dataset = ensure_prepared(cfg.data, cfg.paths)
     topic, taste = latent(dataset)
