@@ -296,6 +296,21 @@ def test_a_training_positive_is_scored_without_its_own_user_in_its_audience(tmp_
         assert torch.allclose(neg_logits[0, 0], (uv * vec).sum(1)[0] + bias[0], atol=1e-5)
 
 
+def test_evaluation_hears_the_audience_of_the_weights_after_a_training_step(tmp_path):
+    """A fused optimiser steps without bumping the weights' version counters: the training
+    step's start must drop the tastes evaluation computed, or validation after it would rank
+    with the audience of the weights before it."""
+    m = audience_model(tmp_path).eval()
+    with torch.no_grad():
+        before = m._audience("content", m.content_proj)[0].clone()
+        # as a fused step writes: in place, no version bump
+        m.content_proj.log_weight.data.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
+        m.on_train_batch_start(None, 0)
+        after = m._audience("content", m.content_proj)[0]
+        assert torch.allclose(after, m._tastes("content", m.content_proj)[0])
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
 def test_the_audience_needs_two_tower_scoring_and_prototypes(tmp_path):
     """Pairwise scoring and MLP projections have no assignment to weigh: no weight at all."""
     assert audience_model(tmp_path).audience_weight is not None

@@ -153,7 +153,10 @@ class TwoTowerScoring:
         return self._table[2], self._table[3], self._table[4]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._table = None  # the weights are about to change, whatever the optimiser
+        # the weights are about to change, whatever the optimiser: what evaluation computed
+        # from them (the item table, the audience's tastes) is stale after this step
+        self._table = None
+        self._audience_tables = {}
 
     def _expected_log_share(
         self, items: torch.Tensor, n_sampled: int, n_batch: int
