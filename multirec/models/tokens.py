@@ -111,9 +111,8 @@ class ModalityTokens:
             # the tastes training hears, saved with the model: a run resumed mid-epoch
             # goes on with the epoch's own, not ones from the weights it stopped at
             for side, _ in sides:
-                k = hp.prototypes
-                self.register_buffer(f"{side}_audience", torch.zeros(hp.n_items, k))
-                self.register_buffer(f"{side}_tastes", torch.zeros(hp.n_users, k))
+                self.register_buffer(f"{side}_audience", torch.zeros(hp.n_items, hp.prototypes))
+                self.register_buffer(f"{side}_tastes", torch.zeros(hp.n_users, hp.prototypes))
             self.register_buffer("audience_epoch", torch.tensor(-1))  # the epoch they are of
         if hp.user_profile:
             # the user's taste: the mean id embedding of its training items (collaborative, as
@@ -383,8 +382,9 @@ class ModalityTokens:
         """``[n, k]``: the mean log taste of each item's training users (``without_users[b]``
         left out of item ``b``'s unless -1); zero for an item without any, or whose id
         training drops, which stands for one."""
-        summed, listeners, taste = self._audience(side, proj)
-        total, n = summed[items], listeners[items]
+        summed, taste = self._audience(side, proj)
+        # indexed where it lives, as the popularity prior is: a step moves its items' counts
+        total, n = summed[items], self.listeners[items.cpu()].to(self.device)
         if without_users is not None:
             left = (without_users >= 0).to(total.dtype)
             total = total - taste[without_users.clamp(min=0)] * left.unsqueeze(1)
@@ -393,15 +393,13 @@ class ModalityTokens:
         return torch.where(heard, total / n.clamp(min=1).unsqueeze(1), 0.0)
 
     @torch.no_grad()
-    def _audience(
-        self, side: str, proj: PrototypeProjection
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _audience(self, side: str, proj: PrototypeProjection) -> tuple[torch.Tensor, torch.Tensor]:
         """``side``'s audience: per item the sum of its training users' log tastes
-        ``[n_items, k]`` and their number ``[n_items]``; per user the log taste ``[n_users,
-        k]`` of their whole training history, from its items' content. Evidence, not a path
-        for gradients: computed once per set of weights in evaluation, as the item table is,
-        and in training once per epoch, where per step it would cost more than the step."""
-        listeners = self.listeners.to(self.device)
+        ``[n_items, k]`` (their number is ``listeners``), and per user the log taste
+        ``[n_users, k]`` of their whole training history, from its items' content. Evidence,
+        not a path for gradients: computed once per set of weights in evaluation, as the
+        item table is, and in training once per epoch, where per step it would cost more
+        than the step."""
         if self.training:
             if int(self.audience_epoch) != self.current_epoch:
                 for s in self._content_sides():
@@ -409,12 +407,11 @@ class ModalityTokens:
                     getattr(self, f"{s}_audience").copy_(summed)
                     getattr(self, f"{s}_tastes").copy_(taste)
                 self.audience_epoch.fill_(self.current_epoch)
-            return getattr(self, f"{side}_audience"), listeners, getattr(self, f"{side}_tastes")
+            return getattr(self, f"{side}_audience"), getattr(self, f"{side}_tastes")
         key = self._weights_key()
         if self._audience_tables.get(side, (None,))[0] != key:
             self._audience_tables[side] = (key, self._tastes(side, proj))
-        summed, taste = self._audience_tables[side][1]
-        return summed, listeners, taste
+        return self._audience_tables[side][1]
 
     def _tastes(self, side: str, proj: PrototypeProjection) -> tuple[torch.Tensor, torch.Tensor]:
         """Per item the sum of its training users' log tastes, and per user the log taste
